@@ -1,0 +1,207 @@
+"""A CPU tensor with 64-byte-aligned storage that it owns, and a DLPack producer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+ALIGNMENT = 64
+
+# The 12 dtypes that cross the wire, by name, with their one-byte wire codes.
+WIRE_DTYPES: tuple[str, ...] = (
+    "bool",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "float16",
+    "float32",
+    "float64",
+)
+DTYPE_CODES: dict[str, int] = {name: code for code, name in enumerate(WIRE_DTYPES)}
+_NUMPY_DTYPES: tuple[np.dtype, ...] = tuple(np.dtype(name) for name in WIRE_DTYPES)
+_SUPPORTED = frozenset(_NUMPY_DTYPES)
+
+
+def wire_dtype(dtype: Any) -> np.dtype:
+    """Return the NumPy dtype for ``dtype`` if it can cross the wire.
+
+    Raises:
+        ValueError: for bfloat16, complex, object, string and other dtypes, naming the dtype.
+    """
+    try:
+        resolved = np.dtype(dtype)
+    except TypeError as error:
+        raise ValueError(
+            f"dtype {dtype!r} is not a wire dtype; use one of {', '.join(WIRE_DTYPES)}"
+        ) from error
+    if resolved.byteorder == ">":
+        resolved = resolved.newbyteorder("=")
+    if resolved not in _SUPPORTED:
+        hint = (
+            "cast it to float32 first (e.g. x.astype('float32'))"
+            if resolved.name == "bfloat16"
+            else f"cast it to one of {', '.join(WIRE_DTYPES)}"
+        )
+        raise ValueError(f"dtype {resolved.name!r} cannot cross the wire: {hint}")
+    return resolved
+
+
+def dtype_from_code(code: int) -> np.dtype:
+    """Return the NumPy dtype for a one-byte wire code."""
+    return _NUMPY_DTYPES[code]
+
+
+def aligned_empty(shape: Sequence[int], dtype: Any) -> np.ndarray:
+    """Allocate a writable C-contiguous array whose data pointer is 64-byte aligned."""
+    dtype = np.dtype(dtype)
+    shape = tuple(int(d) for d in shape)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
+    offset = (-raw.ctypes.data) % ALIGNMENT
+    return raw[offset : offset + nbytes].view(dtype).reshape(shape)
+
+
+def is_aligned(array: np.ndarray) -> bool:
+    """Whether ``array``'s data pointer is 64-byte aligned."""
+    return array.ctypes.data % ALIGNMENT == 0
+
+
+class Tensor:
+    """A CPU tensor of one of the 12 wire dtypes, stored in 64-byte-aligned memory it owns.
+
+    Tensors are what tensor leaves decode to in the plain ``rlmesh`` backend. They export
+    DLPack, so ``np.from_dlpack(t)`` and ``jax.numpy.from_dlpack(t)`` share their memory.
+
+    Example:
+        >>> t = Tensor.from_numpy(np.arange(4, dtype=np.float32))
+        >>> t.shape, t.dtype
+        ((4,), 'float32')
+    """
+
+    __slots__ = ("__weakref__", "_array")
+
+    def __init__(self, array: np.ndarray, *, _owned: bool = False) -> None:
+        """Wrap ``array``; copy it into aligned storage unless it is already owned and aligned.
+
+        Prefer the constructors :meth:`from_numpy`, :meth:`from_bytes`, :meth:`from_dlpack`
+        and :meth:`empty`.
+        """
+        if not isinstance(array, np.ndarray):
+            raise TypeError(f"Tensor wraps a numpy.ndarray, got {type(array).__name__}")
+        dtype = wire_dtype(array.dtype)
+        if not (_owned and is_aligned(array) and array.flags.c_contiguous and array.flags.writeable):
+            storage = aligned_empty(array.shape, dtype)
+            np.copyto(storage, array, casting="no" if array.dtype == dtype else "unsafe")
+            array = storage
+        self._array = array
+
+    # -- constructors -------------------------------------------------------------------
+    @classmethod
+    def empty(cls, shape: Sequence[int], dtype: Any) -> Tensor:
+        """An uninitialised tensor of ``shape`` and ``dtype`` (a wire dtype)."""
+        return cls(aligned_empty(shape, wire_dtype(dtype)), _owned=True)
+
+    @classmethod
+    def from_numpy(cls, array: Any) -> Tensor:
+        """Copy an array-like into a fresh aligned tensor."""
+        return cls(np.asarray(array))
+
+    @classmethod
+    def from_bytes(cls, data: bytes | bytearray | memoryview, shape: Sequence[int], dtype: Any) -> Tensor:
+        """Copy raw bytes (C order) of ``shape`` and ``dtype`` into a fresh aligned tensor.
+
+        Raises:
+            ValueError: when the byte count does not match ``shape`` and ``dtype``.
+        """
+        resolved = wire_dtype(dtype)
+        shape = tuple(int(d) for d in shape)
+        expected = int(np.prod(shape, dtype=np.int64)) * resolved.itemsize
+        view = memoryview(data).cast("B")
+        if view.nbytes != expected:
+            raise ValueError(
+                f"{view.nbytes} bytes cannot fill a tensor of shape {shape} and dtype "
+                f"{resolved.name} ({expected} bytes expected)"
+            )
+        tensor = cls.empty(shape, resolved)
+        tensor._array.reshape(-1).view(np.uint8)[:] = np.frombuffer(view, dtype=np.uint8)
+        return tensor
+
+    @classmethod
+    def from_dlpack(cls, obj: Any) -> Tensor:
+        """Copy any DLPack producer (NumPy, JAX, torch CPU tensors) into a fresh tensor."""
+        return cls(np.from_dlpack(obj))
+
+    # -- properties ---------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The tensor's shape."""
+        return self._array.shape
+
+    @property
+    def dtype(self) -> str:
+        """The wire dtype name, e.g. ``"float32"``."""
+        return self._array.dtype.name
+
+    @property
+    def ndim(self) -> int:
+        """Number of dimensions."""
+        return self._array.ndim
+
+    @property
+    def size(self) -> int:
+        """Number of elements."""
+        return self._array.size
+
+    @property
+    def nbytes(self) -> int:
+        """Number of bytes of storage."""
+        return self._array.nbytes
+
+    @property
+    def data_ptr(self) -> int:
+        """Address of the first element (64-byte aligned)."""
+        return self._array.ctypes.data
+
+    # -- views --------------------------------------------------------------------------
+    def numpy(self) -> np.ndarray:
+        """A NumPy view sharing this tensor's memory (no copy)."""
+        return self._array
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        if dtype is not None and np.dtype(dtype) != self._array.dtype:
+            return self._array.astype(dtype)
+        return self._array.copy() if copy else self._array
+
+    def __dlpack__(self, **kwargs: Any) -> Any:
+        return self._array.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return self._array.__dlpack_device__()
+
+    def tolist(self) -> Any:
+        """The elements as nested Python lists."""
+        return self._array.tolist()
+
+    def __len__(self) -> int:
+        if not self._array.ndim:
+            raise TypeError("len() of a 0-d tensor")
+        return len(self._array)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Tensor):
+            return NotImplemented
+        return self.shape == other.shape and self.dtype == other.dtype and bool(
+            np.array_equal(self._array, other._array)
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Tensor(shape={self.shape}, dtype={self.dtype})"
