@@ -29,6 +29,9 @@ class Bridge:
         from_numpy: Turn a NumPy array (e.g. a space sample) into a backend value.
         to_numpy: Turn a backend array leaf into a NumPy array (may share memory).
         is_array: Whether a leaf is this backend's array type.
+        make_checker: Optional ``(spec, num_envs) -> check(value)`` that clients use to
+            validate actions (and, on request, observations) locally before they cross the
+            wire; ``num_envs`` is None for single envs. Without it the server validates.
     """
 
     name: str
@@ -37,6 +40,7 @@ class Bridge:
     from_numpy: Callable[[np.ndarray], Any]
     to_numpy: Callable[[Any], np.ndarray]
     is_array: Callable[[Any], bool]
+    make_checker: Callable[[Any, int | None], Callable[[Any], None]] | None = None
 
 
 def _tensor_to_numpy(value: Any) -> np.ndarray:
@@ -60,7 +64,7 @@ NUMPY_BRIDGE = Bridge(
     name="numpy",
     decode_leaf=Tensor.numpy,
     encode_leaf=_not_handled,
-    from_numpy=lambda array: array,
+    from_numpy=lambda array: array if array.ndim else array[()],
     to_numpy=_tensor_to_numpy,
     is_array=lambda value: isinstance(value, np.ndarray),
 )

@@ -1,0 +1,91 @@
+"""Run ``examples/ppo_cartpole.py`` for several seeds and backends; tabulate the results.
+
+One training process at a time. For each (mode, seed) the example writes its own
+``metrics.json``; this script collects the summaries into ``results.json`` and a markdown
+table ``results.md`` in ``--out-dir`` (default ``runs/ppo_cartpole_seeds/<timestamp>``)::
+
+    python benchmarks/ppo_cartpole_seeds.py --modes local embedded --seeds 1 2 3 4 5
+
+Arguments after ``--`` go to every example run (e.g. ``-- --total-steps 200000``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ppo_cartpole.py"
+MODE_FLAGS = {"local": ["--local"], "embedded": [], "sandbox": ["--sandbox"],
+              "jit-rollout": ["--jit-rollout"]}
+
+
+def run_one(mode: str, seed: int, out_dir: Path, extra: list[str]) -> dict[str, Any]:
+    """Train one seed in a fresh process; return its summary (``error`` set on failure)."""
+    run_dir = out_dir / f"{mode}-seed{seed}"
+    cmd = [sys.executable, str(EXAMPLE), *MODE_FLAGS[mode], "--seed", str(seed),
+           "--out-dir", str(run_dir), "--no-progress", *extra]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t0
+    metrics = run_dir / "metrics.json"
+    if proc.returncode != 0 or not metrics.exists():
+        return {"mode": mode, "seed": seed, "process_wall_s": wall,
+                "error": proc.stderr[-2000:] or f"exit code {proc.returncode}"}
+    summary = json.loads(metrics.read_text())["summary"]
+    return {**summary, "mode": mode, "seed": seed, "process_wall_s": wall}
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """A markdown table: seed, mode, wall time, steps/s, steps to 475, final eval return."""
+    lines = ["| seed | mode | wall time (s) | env steps/s | steps to 475 | env steps | "
+             "final eval return (20 seeds) |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['seed']} | {r['mode']} | failed | | | | |")
+            continue
+        lines.append(
+            f"| {r['seed']} | {r['mode']} | {r['process_wall_s']:.1f} | {r['sps']:,.0f} | "
+            f"{r['steps_to_475'] if r['steps_to_475'] is not None else 'never'} | "
+            f"{r['env_steps']:,} | {r['final_eval_mean']:.1f} |")
+    for mode in dict.fromkeys(r["mode"] for r in rows):
+        ok = [r for r in rows if r["mode"] == mode and "error" not in r]
+        solved = sum(r["final_eval_mean"] >= 475 for r in ok)
+        if ok:
+            lines.append("")
+            lines.append(f"{mode}: {solved}/{len(ok)} seeds reach a final eval >= 475; "
+                         f"max wall time {max(r['process_wall_s'] for r in ok):.1f} s")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    """Parse flags, run every (mode, seed) sequentially, write results.json and results.md."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--modes", nargs="+", default=["local", "embedded"],
+                        choices=sorted(MODE_FLAGS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3, 4, 5])
+    parser.add_argument("--out-dir", default="")
+    parser.add_argument("extra", nargs="*", help="arguments passed to every example run")
+    args = parser.parse_args()
+    out_dir = Path(args.out_dir or f"runs/ppo_cartpole_seeds/{time.strftime('%Y%m%d-%H%M%S')}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for mode in args.modes:
+        for seed in args.seeds:
+            row = run_one(mode, seed, out_dir, args.extra)
+            rows.append(row)
+            print(json.dumps({k: row.get(k) for k in (
+                "mode", "seed", "process_wall_s", "sps", "steps_to_475", "final_eval_mean",
+                "error")}), flush=True)
+    (out_dir / "results.json").write_text(json.dumps(rows, indent=1))
+    table = markdown(rows)
+    (out_dir / "results.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""Rollout collection: a jitted policy step, a Python-loop collector and a ``lax.scan`` one.
+
+Both collectors consume randomness identically (one key split per vector step inside the
+policy step), so for the same parameters, key and deterministic env they record the same
+transitions. ``valid`` marks NEXT_STEP reset steps (see :mod:`.storage`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from rlmesh.integrations.ppo import distributions
+from rlmesh.integrations.ppo.storage import Rollout, reset_step_mask
+
+ApplyFn = Callable[[Any, jax.Array], tuple[Any, jax.Array]]
+"""``apply_fn(params, obs) -> (policy_output, values)``."""
+
+
+class CollectorState(NamedTuple):
+    """What carries over from one rollout to the next.
+
+    Attributes:
+        obs: Current observations ``(N, *obs_shape)``.
+        first_valid: Whether the next step is a real transition (False right after a done).
+        key: PRNG key for action sampling.
+    """
+
+    obs: jax.Array
+    first_valid: jax.Array
+    key: jax.Array
+
+
+def initial_state(obs: Any, key: jax.Array) -> CollectorState:
+    """Collector state right after ``env.reset``: every lane's next step is valid."""
+    obs = jnp.asarray(obs)
+    return CollectorState(obs, jnp.ones(obs.shape[0], bool), key)
+
+
+def policy_step(
+    apply_fn: ApplyFn, params: Any, obs: jax.Array, key: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Sample actions: returns ``(action, logprob, value, next_key)``."""
+    key, sub = jax.random.split(key)
+    pi, value = apply_fn(params, obs)
+    action = distributions.sample(pi, sub)
+    return action, distributions.log_prob(pi, action), value, key
+
+
+def make_act_fn(
+    apply_fn: ApplyFn,
+) -> Callable[[Any, Any, jax.Array], tuple[jax.Array, jax.Array, jax.Array, jax.Array]]:
+    """Jitted :func:`policy_step`: ``act(params, obs, key) -> (action, logprob, value, key)``."""
+    return jax.jit(lambda params, obs, key: policy_step(apply_fn, params, obs, key))
+
+
+def make_value_fn(apply_fn: ApplyFn) -> Callable[[Any, Any], jax.Array]:
+    """Jitted ``value(params, obs) -> (N,)``, used for the bootstrap after the last step."""
+    return jax.jit(lambda params, obs: apply_fn(params, obs)[1])
+
+
+def make_greedy_fn(apply_fn: ApplyFn) -> Callable[[Any, Any], jax.Array]:
+    """Jitted deterministic policy ``greedy(params, obs) -> action`` (argmax / mean)."""
+    return jax.jit(lambda params, obs: distributions.mode(apply_fn(params, jnp.asarray(obs))[0]))
+
+
+@jax.jit
+def _assemble(
+    obs: list[jax.Array],
+    actions: list[jax.Array],
+    logprobs: list[jax.Array],
+    values: list[jax.Array],
+    rewards: list[Any],
+    terminations: list[Any],
+    truncations: list[Any],
+    first_valid: jax.Array,
+    last_value: jax.Array,
+) -> Rollout:
+    term = jnp.stack(terminations).astype(bool)
+    trunc = jnp.stack(truncations).astype(bool)
+    return Rollout(
+        obs=jnp.stack(obs),
+        actions=jnp.stack(actions),
+        logprobs=jnp.stack(logprobs),
+        values=jnp.stack(values),
+        rewards=jnp.stack(rewards).astype(jnp.float32),
+        terminations=term,
+        truncations=trunc,
+        valid=reset_step_mask(term | trunc, first_valid),
+        last_value=last_value,
+    )
+
+
+class PythonCollector:
+    """Collects rollouts by stepping a Gymnasium-style vector env from a Python loop.
+
+    Args:
+        env: Vector env with ``step(actions) -> (obs, rewards, terminations, truncations,
+            infos)`` (a Gymnasium vector env, ``rlmesh.jax.RemoteVectorEnv``, ...).
+        apply_fn: ``apply_fn(params, obs) -> (policy_output, values)``.
+        to_env_action: Turns the sampled action batch into what ``env.step`` accepts
+            (default: a NumPy array). Clip Box actions here; storage keeps the raw sample.
+    """
+
+    def __init__(
+        self,
+        env: Any,
+        apply_fn: ApplyFn,
+        to_env_action: Callable[[jax.Array], Any] = np.asarray,
+    ) -> None:
+        self.env = env
+        self.to_env_action = to_env_action
+        self._act = make_act_fn(apply_fn)
+        self._value = make_value_fn(apply_fn)
+
+    def collect(
+        self, params: Any, state: CollectorState, num_steps: int
+    ) -> tuple[Rollout, CollectorState]:
+        """Run ``num_steps`` vector steps; return the rollout and the state to continue from."""
+        obs, key = state.obs, state.key
+        cols: tuple[list[Any], ...] = tuple([] for _ in range(7))
+        for _ in range(num_steps):
+            action, logprob, value, key = self._act(params, obs, key)
+            next_obs, reward, term, trunc, _ = self.env.step(self.to_env_action(action))
+            step = (obs, action, logprob, value, reward, term, trunc)
+            for col, x in zip(cols, step, strict=True):
+                col.append(x)
+            obs = next_obs
+        obs = jnp.asarray(obs)
+        rollout = _assemble(*cols, state.first_valid, self._value(params, obs))
+        done_last = rollout.terminations[-1] | rollout.truncations[-1]
+        return rollout, CollectorState(obs, ~done_last, key)
+
+
+StepFn = Callable[[jax.Array], tuple[jax.Array, jax.Array, jax.Array, jax.Array]]
+"""Traceable env step ``step(actions) -> (obs, rewards, terminations, truncations)``."""
+
+
+def make_scan_collector(
+    apply_fn: ApplyFn, step_fn: StepFn, num_steps: int
+) -> Callable[[Any, CollectorState], tuple[Rollout, CollectorState]]:
+    """Return a jitted ``collect(params, state) -> (rollout, state)`` built on ``lax.scan``.
+
+    ``step_fn`` must be callable inside ``jit`` (for example an env step routed through a
+    JAX host callback, as ``rlmesh.integrations.jit_step`` provides). The transitions match
+    :class:`PythonCollector` for the same params, key and env.
+    """
+
+    @jax.jit
+    def collect(params: Any, state: CollectorState) -> tuple[Rollout, CollectorState]:
+        def body(
+            carry: tuple[jax.Array, jax.Array], _: None
+        ) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, ...]]:
+            obs, key = carry
+            action, logprob, value, key = policy_step(apply_fn, params, obs, key)
+            next_obs, reward, term, trunc = step_fn(action)
+            out = (obs, action, logprob, value, reward.astype(jnp.float32), term, trunc)
+            return (jnp.asarray(next_obs, obs.dtype), key), out
+
+        (obs, key), (o, a, lp, v, r, te, tr) = jax.lax.scan(
+            body, (state.obs, state.key), None, length=num_steps
+        )
+        te, tr = te.astype(bool), tr.astype(bool)
+        valid = reset_step_mask(te | tr, state.first_valid)
+        rollout = Rollout(o, a, lp, v, r, te, tr, valid, apply_fn(params, obs)[1])
+        return rollout, CollectorState(obs, ~(te[-1] | tr[-1]), key)
+
+    return collect
+
+
+@jax.jit
+def episode_returns(
+    rollout: Rollout, running: jax.Array, lengths: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Track undiscounted episode returns and lengths across rollouts.
+
+    Args:
+        rollout: The rollout just collected; reset steps add nothing.
+        running: ``(N,)`` return so far of each lane's current episode.
+        lengths: ``(N,)`` length so far of each lane's current episode (int32).
+
+    Returns:
+        ``(finished_returns, finished_lengths, running, lengths)``: the first two are
+        ``(T, N)`` and meaningful where ``terminations | truncations``.
+    """
+
+    def body(
+        carry: tuple[jax.Array, jax.Array], xs: tuple[jax.Array, jax.Array, jax.Array]
+    ) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
+        ret, length = carry
+        r, valid, done = xs
+        ret = ret + jnp.where(valid, r, 0.0)
+        length = length + valid.astype(length.dtype)
+        return (jnp.where(done, 0.0, ret), jnp.where(done, 0, length)), (ret, length)
+
+    dones = rollout.terminations | rollout.truncations
+    (running, lengths), (rets, lens) = jax.lax.scan(
+        body, (running, lengths), (rollout.rewards, rollout.valid, dones)
+    )
+    return rets, lens, running, lengths

@@ -1,0 +1,271 @@
+"""Wire codec: value trees to a msgpack header plus one raw frame per tensor, and back.
+
+A message is a list of frames. Frame 0 is a msgpack array
+``[kind, request_id, tensor_descriptors, body]`` where ``kind`` is the op of a request or
+``"ok"``/``"error"`` for a reply, ``tensor_descriptors`` lists ``[dtype_code, shape]`` per
+tensor, and ``body`` is the msgpack-encoded value tree with tensors replaced by extension
+placeholders that hold their index. Frames 1.. are the tensors' raw C-order bytes.
+
+Because the descriptors come before the body, a receiver can allocate 64-byte-aligned
+buffers and receive each tensor frame straight into one, then decode the body with tensor
+leaves bound to those buffers: no pickle, no tensor bytes inside msgpack, no copy after
+the socket read.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from rlmesh.errors import ProtocolError
+from rlmesh.tensor import DTYPE_CODES, WIRE_DTYPES, Tensor, dtype_from_code, wire_dtype
+
+TENSOR_EXT = 1
+TUPLE_EXT = 2
+_INDEX = struct.Struct("<I")
+
+DEFAULT_MAX_MESSAGE_BYTES = 1 << 30
+DEFAULT_MAX_TENSORS = 4096
+DEFAULT_MAX_DEPTH = 64
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds every received message must respect.
+
+    Attributes:
+        max_message_bytes: Header plus tensor bytes.
+        max_tensors: Tensor frames per message.
+        max_depth: Nesting depth of containers in a value tree.
+    """
+
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_tensors: int = DEFAULT_MAX_TENSORS
+    max_depth: int = DEFAULT_MAX_DEPTH
+
+
+DEFAULT_LIMITS = Limits()
+
+
+class _Encoder:
+    """One message's worth of encoding state: the tensor descriptors and buffers."""
+
+    __slots__ = ("buffers", "depth", "descriptors", "encode_leaf", "limits", "nbytes")
+
+    def __init__(self, encode_leaf: Callable[[Any], Any] | None, limits: Limits) -> None:
+        self.encode_leaf = encode_leaf
+        self.limits = limits
+        self.descriptors: list[list[Any]] = []
+        self.buffers: list[Any] = []
+        self.nbytes = 0
+        self.depth = 0
+
+    def pack(self, value: Any) -> bytes:
+        try:
+            return msgpack.packb(value, default=self.default, strict_types=True, use_bin_type=True)
+        except OverflowError as error:
+            raise _EncodeError(f"cannot encode value: {error}") from None
+
+    def add_array(self, array: np.ndarray) -> msgpack.ExtType:
+        dtype = wire_dtype(array.dtype)
+        if array.dtype != dtype or not array.flags.c_contiguous:
+            array = np.ascontiguousarray(array, dtype=dtype)
+        if len(self.buffers) >= self.limits.max_tensors:
+            raise _EncodeError(f"a message may carry at most {self.limits.max_tensors} tensors")
+        self.nbytes += array.nbytes
+        if self.nbytes > self.limits.max_message_bytes:
+            raise _EncodeError(
+                f"message exceeds max_message_bytes={self.limits.max_message_bytes} "
+                f"({self.nbytes} bytes of tensors)"
+            )
+        index = len(self.buffers)
+        self.descriptors.append([DTYPE_CODES[dtype.name], list(array.shape)])
+        self.buffers.append(array)
+        return msgpack.ExtType(TENSOR_EXT, _INDEX.pack(index))
+
+    def default(self, value: Any) -> Any:
+        if isinstance(value, Tensor):
+            return self.add_array(value.numpy())
+        if isinstance(value, np.ndarray):
+            if value.ndim == 0:
+                return _scalar(value)
+            return self.add_array(value)
+        if isinstance(value, np.generic):
+            return _scalar(value)
+        if isinstance(value, tuple):
+            self.depth += 1
+            if self.depth > self.limits.max_depth:
+                raise _EncodeError(f"value nests deeper than max_depth={self.limits.max_depth}")
+            try:
+                return msgpack.ExtType(TUPLE_EXT, self.pack(list(value)))
+            finally:
+                self.depth -= 1
+        # Subclasses of the natively packed types (IntEnum, OrderedDict, ...).
+        for base in (bool, int, float, str, bytes, dict, list):
+            if isinstance(value, base):
+                return base(value)
+        if self.encode_leaf is not None:
+            encoded = self.encode_leaf(value)
+            if encoded is not NotImplemented:
+                return encoded
+        if hasattr(value, "__dlpack__"):
+            return self.default(np.from_dlpack(value))
+        if hasattr(value, "__array__") and not callable(value):
+            return self.default(np.asarray(value))
+        raise _EncodeError(
+            f"cannot encode a value of type {type(value).__qualname__} ({value!r:.80}); values are "
+            "None, bool, int, float, str, bytes, arrays, and lists, tuples and str-keyed dicts of them"
+        )
+
+
+class _EncodeError(TypeError):
+    pass
+
+
+def _scalar(value: np.ndarray | np.generic) -> Any:
+    if value.dtype.kind not in "biuf":
+        wire_dtype(value.dtype)  # raises ValueError naming the dtype
+    return value.item()
+
+
+def encode_message(
+    kind: str,
+    request_id: int,
+    payload: Any,
+    encode_leaf: Callable[[Any], Any] | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> list[Any]:
+    """Encode one message as a list of frames (header first, then tensor buffers).
+
+    Args:
+        kind: The op of a request, or ``"ok"``/``"error"`` for a reply.
+        request_id: Correlates a reply with its request.
+        payload: A value tree.
+        encode_leaf: Backend hook for array types the codec does not know (JAX arrays).
+        limits: Size limits to enforce.
+
+    Raises:
+        TypeError: for values that cannot be encoded, naming the type.
+        ValueError: for arrays of dtypes that cannot cross the wire.
+    """
+    encoder = _Encoder(encode_leaf, limits)
+    body = encoder.pack(payload)
+    header = msgpack.packb([kind, request_id, encoder.descriptors, body], use_bin_type=True)
+    return [header, *encoder.buffers]
+
+
+@dataclass(frozen=True)
+class Header:
+    """The parsed frame 0 of a message; ``body`` is still encoded."""
+
+    kind: str
+    request_id: int
+    shapes: list[tuple[tuple[int, ...], np.dtype]]
+    body: bytes
+
+
+def parse_header(frame: bytes | memoryview, limits: Limits = DEFAULT_LIMITS) -> Header:
+    """Parse and bound-check frame 0.
+
+    Raises:
+        ProtocolError: when the frame is not a well-formed header or breaks a limit.
+    """
+    if len(frame) > limits.max_message_bytes:
+        raise ProtocolError(f"header of {len(frame)} bytes exceeds max_message_bytes")
+    try:
+        kind, request_id, descriptors, body = msgpack.unpackb(frame, raw=False, use_list=True)
+    except Exception as error:
+        raise ProtocolError(f"malformed message header: {error}") from None
+    if not isinstance(kind, str) or not isinstance(request_id, int) or not isinstance(body, bytes):
+        raise ProtocolError("malformed message header: expected [str, int, list, bytes]")
+    if not isinstance(descriptors, list) or len(descriptors) > limits.max_tensors:
+        raise ProtocolError(f"a message may carry at most {limits.max_tensors} tensors")
+    shapes = []
+    total = len(frame)
+    for descriptor in descriptors:
+        try:
+            code, shape = descriptor
+            if not isinstance(code, int) or not 0 <= code < len(WIRE_DTYPES):
+                raise ValueError(f"unknown dtype code {code!r}")
+            shape = tuple(shape)
+            if not all(isinstance(d, int) and d >= 0 for d in shape) or len(shape) > 32:
+                raise ValueError(f"bad shape {shape!r}")
+        except (TypeError, ValueError) as error:
+            raise ProtocolError(f"malformed tensor descriptor {descriptor!r:.100}: {error}") from None
+        dtype = dtype_from_code(code)
+        total += int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+        if total > limits.max_message_bytes:
+            raise ProtocolError(f"message exceeds max_message_bytes={limits.max_message_bytes}")
+        shapes.append((shape, dtype))
+    return Header(kind, request_id, shapes, body)
+
+
+def decode_body(
+    body: bytes,
+    tensors: Sequence[Tensor],
+    decode_leaf: Callable[[Tensor], Any] | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> Any:
+    """Decode a header's body, binding tensor placeholders to ``tensors`` via ``decode_leaf``.
+
+    Raises:
+        ProtocolError: for malformed bodies, unknown extensions or bad tensor indices.
+    """
+    depth = [0]
+
+    def ext_hook(code: int, data: bytes) -> Any:
+        if code == TENSOR_EXT:
+            if len(data) != _INDEX.size:
+                raise ValueError("bad tensor placeholder")
+            (index,) = _INDEX.unpack(data)
+            if index >= len(tensors):
+                raise ValueError(f"tensor placeholder {index} but only {len(tensors)} tensor frames")
+            tensor = tensors[index]
+            return tensor if decode_leaf is None else decode_leaf(tensor)
+        if code == TUPLE_EXT:
+            depth[0] += 1
+            if depth[0] > limits.max_depth:
+                raise ValueError(f"value nests deeper than max_depth={limits.max_depth}")
+            try:
+                return tuple(msgpack.unpackb(data, raw=False, ext_hook=ext_hook))
+            finally:
+                depth[0] -= 1
+        raise ValueError(f"unknown extension type {code}")
+
+    try:
+        return msgpack.unpackb(body, raw=False, ext_hook=ext_hook)
+    except ProtocolError:
+        raise
+    except Exception as error:
+        raise ProtocolError(f"malformed message body: {error}") from None
+
+
+def decode_frames(
+    frames: Sequence[bytes | memoryview],
+    decode_leaf: Callable[[Tensor], Any] | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> tuple[Header, Any]:
+    """Decode a whole message already in memory (copies each tensor frame once)."""
+    if not frames:
+        raise ProtocolError("empty message")
+    header = parse_header(frames[0], limits)
+    if len(frames) - 1 != len(header.shapes):
+        raise ProtocolError(f"header announces {len(header.shapes)} tensor frames, got {len(frames) - 1}")
+    tensors = [Tensor.from_bytes(frame, shape, dtype) if _size_ok(frame, shape, dtype) else _bad_size(frame, shape, dtype)
+               for frame, (shape, dtype) in zip(frames[1:], header.shapes, strict=True)]
+    return header, decode_body(header.body, tensors, decode_leaf, limits)
+
+
+def _size_ok(frame: Any, shape: tuple[int, ...], dtype: np.dtype) -> bool:
+    return memoryview(frame).nbytes == int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+
+def _bad_size(frame: Any, shape: tuple[int, ...], dtype: np.dtype) -> Tensor:
+    raise ProtocolError(
+        f"tensor frame of {memoryview(frame).nbytes} bytes does not match shape {shape} {dtype.name}"
+    )

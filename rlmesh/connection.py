@@ -1,0 +1,147 @@
+"""The client end of one session: a DEALER socket, request/reply matching, liveness."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from rlmesh import protocol as p
+from rlmesh.codec import DEFAULT_LIMITS, Limits, encode_message
+from rlmesh.errors import EndpointConnectionError, EndpointTimeoutError
+from rlmesh.tensor import Tensor
+from rlmesh.transport import HEARTBEAT_TIMEOUT_MS, configure, receive_message, shared_context
+
+# How long a request waits for a lost connection to come back before giving up. Heartbeats
+# notice a silent peer after HEARTBEAT_TIMEOUT_MS; a killed process is noticed at once.
+RECONNECT_GRACE_S = 2 * HEARTBEAT_TIMEOUT_MS / 1000
+
+_CONNECTED = zmq.EVENT_HANDSHAKE_SUCCEEDED
+_DISCONNECTED = zmq.EVENT_DISCONNECTED
+
+
+class Connection:
+    """Request/reply over one DEALER socket, raising instead of hanging on a dead server.
+
+    Every request carries an id; replies with other ids (late replies after a timeout,
+    liveness probes) are discarded. A socket monitor tracks the connection: a disconnect
+    while a reply is awaited raises :class:`EndpointConnectionError` at once.
+    """
+
+    def __init__(self, endpoint: str, limits: Limits = DEFAULT_LIMITS) -> None:
+        self.endpoint = endpoint
+        self.limits = limits
+        context = shared_context()
+        self._socket = configure(context.socket(zmq.DEALER))
+        self._socket.setsockopt(zmq.ROUTING_ID, uuid.uuid4().bytes)
+        self._monitor = self._socket.get_monitor_socket(_CONNECTED | _DISCONNECTED)
+        self._poller = zmq.Poller()
+        self._poller.register(self._socket, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
+        self._connected = False
+        self._next_id = 1
+        self._lock = threading.Lock()
+        self.closed = False
+        try:
+            self._socket.connect(endpoint)
+        except zmq.ZMQError as error:
+            self.close()
+            raise EndpointConnectionError(f"cannot connect to {endpoint}: {error}") from None
+
+    def request(
+        self,
+        op: str,
+        payload: Any,
+        *,
+        timeout: float | None,
+        decode_leaf: Callable[[Tensor], Any] | None = None,
+        encode_leaf: Callable[[Any], Any] | None = None,
+        connecting: bool = False,
+    ) -> Any:
+        """Send one request and return the decoded reply payload.
+
+        Raises:
+            EndpointConnectionError: the server vanished (or, when ``connecting``, was never
+                reached within ``timeout``).
+            EndpointTimeoutError: no reply within ``timeout`` seconds.
+            RLMeshError: the typed error the server replied with.
+        """
+        with self._lock:
+            if self.closed:
+                raise EndpointConnectionError(f"the connection to {self.endpoint} is closed")
+            request_id = self._next_id
+            self._next_id += 1
+            frames = encode_message(op, request_id, payload, encode_leaf, self.limits)
+            self._socket.send_multipart(frames, copy=len(frames) == 1)
+            header, reply = self._await(op, request_id, timeout, decode_leaf, connecting)
+        if header.kind == p.ERROR:
+            raise p.error_from_payload(reply, self.endpoint)
+        return reply
+
+    def _await(self, op: str, request_id: int, timeout: float | None, decode_leaf: Any, connecting: bool) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        lost_at: float | None = None if self._connected or connecting else time.monotonic()
+        while True:
+            now = time.monotonic()
+            wait = [RECONNECT_GRACE_S if lost_at is None else max(0.0, lost_at + RECONNECT_GRACE_S - now)]
+            if deadline is not None:
+                wait.append(max(0.0, deadline - now))
+            events = dict(self._poller.poll(min(wait) * 1000))
+            if self._socket in events:
+                first = self._socket.recv()
+                header, reply = receive_message(self._socket, first, decode_leaf, self.limits)
+                if header.request_id == request_id and header.kind != p.PROBE:
+                    self._connected = True
+                    return header, reply
+                continue  # a late reply to an abandoned request, or a liveness probe
+            if self._monitor in events:
+                was_connected = self._connected
+                self._read_monitor()
+                if not self._connected and (was_connected or lost_at is None) and not connecting:
+                    raise EndpointConnectionError(
+                        f"lost the connection to {self.endpoint} while waiting for the reply to {op!r}; "
+                        "the server stopped or crashed"
+                    )
+                lost_at = None if self._connected else lost_at
+                continue
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                if connecting:
+                    raise EndpointConnectionError(f"could not connect to {self.endpoint} within {timeout:g}s")
+                raise EndpointTimeoutError(f"no reply to {op!r} from {self.endpoint} within {timeout:g}s")
+            if lost_at is not None and now - lost_at >= RECONNECT_GRACE_S and not connecting:
+                raise EndpointConnectionError(
+                    f"{self.endpoint} is unreachable (no connection for {RECONNECT_GRACE_S:g}s); the server stopped or crashed"
+                )
+
+    def _read_monitor(self) -> None:
+        while True:
+            try:
+                message = self._monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            event = parse_monitor_message(message)["event"]
+            if event == _CONNECTED:
+                self._connected = True
+            elif event == _DISCONNECTED:
+                self._connected = False
+
+    def close(self) -> None:
+        """Close the socket and its monitor. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self._socket.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        self._monitor.close(linger=0)
+        self._socket.close(linger=0)
+
+
+__all__ = ["Connection"]

@@ -1,0 +1,50 @@
+"""The NumPy backend: tensor leaves decode to writable NumPy arrays sharing the receive buffer.
+
+Example:
+    >>> import rlmesh.numpy as rn                                  # doctest: +SKIP
+    >>> with rn.RemoteEnv("tcp://127.0.0.1:5555") as env:
+    ...     obs, info = env.reset(seed=0)
+    ...     obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+"""
+
+from __future__ import annotations
+
+from typing import Any, final
+
+import numpy as np
+
+from rlmesh.bridges import NUMPY_BRIDGE
+from rlmesh.client import RemoteEnvBase, RemoteVectorEnvBase
+from rlmesh.spaces import Space
+from rlmesh.spaces import space_from_spec as _space_from_spec
+from rlmesh.specs import SpaceSpec
+
+NumpyValue = Any
+"""A value tree whose tensor leaves are ``numpy.ndarray``."""
+
+
+def space_from_spec(spec: SpaceSpec) -> Space[NumpyValue]:
+    """A space that samples NumPy values and accepts NumPy values in ``contains``."""
+    return _space_from_spec(spec, NUMPY_BRIDGE)
+
+
+def asarray(tensor: Any) -> np.ndarray:
+    """A NumPy view of an RLMesh tensor (no copy)."""
+    return NUMPY_BRIDGE.decode_leaf(tensor)
+
+
+@final
+class RemoteEnv(RemoteEnvBase[NumpyValue, NumpyValue]):
+    """Remote client for one environment; tensor leaves decode to NumPy arrays."""
+
+    bridge = NUMPY_BRIDGE
+
+
+@final
+class RemoteVectorEnv(RemoteVectorEnvBase[NumpyValue, NumpyValue]):
+    """Remote client for a vector environment; batched values are NumPy arrays."""
+
+    bridge = NUMPY_BRIDGE
+
+
+__all__ = ["NumpyValue", "RemoteEnv", "RemoteVectorEnv", "asarray", "space_from_spec"]

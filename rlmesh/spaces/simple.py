@@ -1,0 +1,199 @@
+"""Leaf spaces: Box, Discrete, MultiBinary, MultiDiscrete, Text."""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from rlmesh.bridges import TENSOR_BRIDGE, Bridge
+from rlmesh.spaces.base import Space
+from rlmesh.specs import SpaceSpec
+from rlmesh.tensor import wire_dtype
+
+DEFAULT_CHARSET = string.ascii_letters + string.digits
+
+
+def compact_bound(bound: np.ndarray) -> Any:
+    """A scalar when every element is equal (cheap handshakes for image spaces), else lists."""
+    flat = bound.reshape(-1)
+    if flat.size and np.all(flat == flat[0]):
+        return flat[0].item()
+    return bound.tolist()
+
+
+def _is_integer_scalar(value: Any) -> bool:
+    if isinstance(value, bool | np.bool_):
+        return False
+    if isinstance(value, int | np.integer):
+        return True
+    return isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iu"
+
+
+def _same_kind(found: np.dtype, expected: np.dtype) -> bool:
+    if expected.kind == "f":
+        return found.kind in "fiu"
+    if expected.kind in "iu":
+        return found.kind in "iu"
+    return found.kind == expected.kind
+
+
+class Box(Space[Any]):
+    """A box in R^n with per-element bounds (scalar or array ``low``/``high``)."""
+
+    def __init__(
+        self,
+        low: Any,
+        high: Any,
+        shape: Sequence[int] | None = None,
+        dtype: Any = np.float32,
+        *,
+        bridge: Bridge = TENSOR_BRIDGE,
+        seed: int | None = None,
+    ) -> None:
+        dtype = wire_dtype(dtype)
+        if shape is None:
+            shape = np.shape(low) if np.ndim(low) else np.shape(high)
+        shape = tuple(int(d) for d in shape)
+        self.low = np.broadcast_to(np.asarray(low, dtype=dtype), shape).copy()
+        self.high = np.broadcast_to(np.asarray(high, dtype=dtype), shape).copy()
+        if np.any(self.low > self.high):
+            raise ValueError(f"Box low must not exceed high; got low={low!r}, high={high!r}")
+        spec = SpaceSpec(
+            "box", shape, dtype.name, {"low": compact_bound(self.low), "high": compact_bound(self.high)}
+        )
+        super().__init__(spec, bridge=bridge, seed=seed)
+
+    def _sample_numpy(self) -> np.ndarray:
+        dtype = self.dtype
+        assert dtype is not None
+        if dtype.kind == "b":
+            return self._rng.integers(0, 2, size=self.shape).astype(bool)
+        if dtype.kind in "iu":
+            info = np.iinfo(dtype)
+            low = np.maximum(self.low.astype(np.int64), max(info.min, -(2**62)))
+            high = np.minimum(self.high.astype(np.int64), min(info.max, 2**62))
+            return self._rng.integers(low, high, endpoint=True, size=self.shape).astype(dtype)
+        low, high = self.low.astype(np.float64), self.high.astype(np.float64)
+        sample = np.empty(self.shape, dtype=np.float64)
+        lo_ok, hi_ok = np.isfinite(low), np.isfinite(high)
+        both, only_lo, only_hi, neither = lo_ok & hi_ok, lo_ok & ~hi_ok, ~lo_ok & hi_ok, ~lo_ok & ~hi_ok
+        sample[both] = self._rng.uniform(low[both], high[both])
+        sample[only_lo] = low[only_lo] + self._rng.exponential(size=only_lo.sum())
+        sample[only_hi] = high[only_hi] - self._rng.exponential(size=only_hi.sum())
+        sample[neither] = self._rng.normal(size=neither.sum())
+        return np.clip(sample, low, high).astype(dtype)
+
+    def _contains(self, value: Any) -> bool:
+        array = self._to_numpy(value)
+        expected = self.dtype
+        assert expected is not None
+        if array.shape != self.shape or not _same_kind(array.dtype, expected):
+            return False
+        return bool(np.all(array >= self.low) and np.all(array <= self.high))
+
+    def __repr__(self) -> str:
+        return f"Box({self.spec.details['low']}, {self.spec.details['high']}, {self.shape}, {self.spec.dtype})"
+
+
+class Discrete(Space[Any]):
+    """Integers ``start, ..., start + n - 1``."""
+
+    def __init__(self, n: int, start: int = 0, *, bridge: Bridge = TENSOR_BRIDGE, seed: int | None = None):
+        if not _is_integer_scalar(n) or int(n) <= 0:
+            raise ValueError(f"Discrete n must be a positive integer, got {n!r}")
+        self.n, self.start = int(n), int(start)
+        super().__init__(SpaceSpec("discrete", (), "int64", {"n": self.n, "start": self.start}), bridge=bridge, seed=seed)
+
+    def sample(self) -> Any:
+        """A random integer as the backend's 0-d value for arrays, here a Python int."""
+        return self.bridge.from_numpy(np.asarray(self.start + int(self._rng.integers(self.n)), np.int64))
+
+    def _contains(self, value: Any) -> bool:
+        if not _is_integer_scalar(value):
+            if self.bridge.is_array(value) or hasattr(value, "__dlpack__"):
+                array = self._to_numpy(value)
+                if array.ndim or array.dtype.kind not in "iu":
+                    return False
+                value = array
+            else:
+                return False
+        return self.start <= int(value) < self.start + self.n
+
+    def __repr__(self) -> str:
+        return f"Discrete({self.n})" if not self.start else f"Discrete({self.n}, start={self.start})"
+
+
+class MultiBinary(Space[Any]):
+    """Binary arrays of a fixed shape."""
+
+    def __init__(self, n: int | Sequence[int], *, bridge: Bridge = TENSOR_BRIDGE, seed: int | None = None):
+        shape = (int(n),) if np.ndim(n) == 0 else tuple(int(d) for d in n)  # type: ignore[union-attr]
+        super().__init__(SpaceSpec("multi_binary", shape, "int8"), bridge=bridge, seed=seed)
+
+    @property
+    def n(self) -> int | tuple[int, ...]:
+        """The shape, as gymnasium reports it."""
+        return self.shape[0] if len(self.shape) == 1 else self.shape
+
+    def _sample_numpy(self) -> np.ndarray:
+        return self._rng.integers(0, 2, size=self.shape, dtype=np.int8)
+
+    def _contains(self, value: Any) -> bool:
+        array = self._to_numpy(value)
+        return array.shape == self.shape and array.dtype.kind in "biu" and bool(np.all((array == 0) | (array == 1)))
+
+    def __repr__(self) -> str:
+        return f"MultiBinary({self.n})"
+
+
+class MultiDiscrete(Space[Any]):
+    """Arrays of integers, element ``i`` in ``start[i] .. start[i] + nvec[i] - 1``."""
+
+    def __init__(self, nvec: Any, dtype: Any = np.int64, start: Any = None, *, bridge: Bridge = TENSOR_BRIDGE, seed: int | None = None):
+        dtype = wire_dtype(dtype)
+        self.nvec = np.asarray(nvec, dtype=dtype)
+        if np.any(self.nvec <= 0):
+            raise ValueError(f"MultiDiscrete nvec must be positive, got {nvec!r}")
+        self.start = np.zeros_like(self.nvec) if start is None else np.broadcast_to(np.asarray(start, dtype=dtype), self.nvec.shape).copy()
+        details = {"nvec": self.nvec.tolist(), "start": self.start.tolist()}
+        super().__init__(SpaceSpec("multi_discrete", self.nvec.shape, dtype.name, details), bridge=bridge, seed=seed)
+
+    def _sample_numpy(self) -> np.ndarray:
+        return (self.start + self._rng.integers(0, self.nvec, size=self.nvec.shape)).astype(self.nvec.dtype)
+
+    def _contains(self, value: Any) -> bool:
+        array = self._to_numpy(value)
+        if array.shape != self.shape or array.dtype.kind not in "iu":
+            return False
+        return bool(np.all(array >= self.start) and np.all(array < self.start + self.nvec))
+
+    def __repr__(self) -> str:
+        return f"MultiDiscrete({self.nvec.tolist()})"
+
+
+class Text(Space[str]):
+    """Strings of ``min_length..max_length`` characters from ``charset``."""
+
+    def __init__(self, max_length: int, *, min_length: int = 1, charset: str | Sequence[str] = DEFAULT_CHARSET, bridge: Bridge = TENSOR_BRIDGE, seed: int | None = None):
+        if not 0 <= min_length <= max_length:
+            raise ValueError(f"Text needs 0 <= min_length <= max_length, got {min_length}, {max_length}")
+        self.min_length, self.max_length = int(min_length), int(max_length)
+        self.charset = "".join(charset)
+        details = {"min_length": self.min_length, "max_length": self.max_length, "charset": self.charset}
+        super().__init__(SpaceSpec("text", (), None, details), bridge=bridge, seed=seed)
+
+    def sample(self) -> str:
+        """A random string."""
+        length = int(self._rng.integers(self.min_length, self.max_length, endpoint=True))
+        if not self.charset:
+            return ""
+        return "".join(self._rng.choice(list(self.charset), size=length))
+
+    def _contains(self, value: Any) -> bool:
+        return isinstance(value, str) and self.min_length <= len(value) <= self.max_length and set(value) <= set(self.charset)
+
+    def __repr__(self) -> str:
+        return f"Text({self.min_length}, {self.max_length})"
