@@ -1,0 +1,50 @@
+"""rlmesh: drive Gymnasium environments across process, dependency and machine boundaries.
+
+Serve an env with :class:`EnvServer` (or ``rlmesh serve``), drive it with
+:class:`RemoteEnv` / :class:`RemoteVectorEnv` exactly like a Gymnasium env. Tensor leaves
+decode to :class:`Tensor` here, to NumPy arrays in :mod:`rlmesh.numpy` and to JAX arrays
+in :mod:`rlmesh.jax`.
+"""
+
+from rlmesh import spaces, specs
+from rlmesh._version import __version__
+from rlmesh.client import RemoteEnvBase, RemoteVectorEnvBase
+from rlmesh.errors import (
+    BadRequestError,
+    EndpointConnectionError,
+    EndpointTimeoutError,
+    EnvBusyError,
+    InvalidActionError,
+    ProtocolError,
+    RemoteEnvError,
+    RLMeshError,
+    SandboxError,
+)
+from rlmesh.plain import RemoteEnv, RemoteVectorEnv
+from rlmesh.server import EnvServer, ServeOptions
+from rlmesh.specs import EnvContract, SpaceSpec
+from rlmesh.tensor import Tensor
+
+__all__ = [
+    "BadRequestError",
+    "EndpointConnectionError",
+    "EndpointTimeoutError",
+    "EnvBusyError",
+    "EnvContract",
+    "EnvServer",
+    "InvalidActionError",
+    "ProtocolError",
+    "RLMeshError",
+    "RemoteEnv",
+    "RemoteEnvBase",
+    "RemoteEnvError",
+    "RemoteVectorEnv",
+    "RemoteVectorEnvBase",
+    "SandboxError",
+    "ServeOptions",
+    "SpaceSpec",
+    "Tensor",
+    "__version__",
+    "spaces",
+    "specs",
+]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import numpy as np
@@ -297,7 +297,8 @@ def _is_array(value: Any) -> bool:
     return jax is not None and isinstance(value, jax.Array)
 
 
-def _make_checker(spec: Any, *, num_envs: int | None = None, role: str = "action") -> Any:
+def _make_checker(spec: Any, num_envs: int | None = None, role: str = "action") -> Any:
+    """The client's validation hook: a compiled pytree check for actions or observations."""
     from rlmesh.checks import make_action_checker, make_observation_checker
 
     if role == "observation":
@@ -305,19 +306,22 @@ def _make_checker(spec: Any, *, num_envs: int | None = None, role: str = "action
     return make_action_checker(spec, num_envs=num_envs)
 
 
-_bridge_fields = {field.name for field in fields(Bridge)}
-_optional: dict[str, Any] = (
-    {"make_checker": _make_checker} if "make_checker" in _bridge_fields else {}
-)
+@dataclass(frozen=True)
+class JaxBridge(Bridge):
+    """The Bridge table plus ``make_checker(spec, num_envs, role)``, used by the client to
+    validate actions (and, when asked, observations) locally with :mod:`rlmesh.checks`."""
 
-JAX_BRIDGE = Bridge(
+    make_checker: Callable[..., Callable[[Any], None]] | None = None
+
+
+JAX_BRIDGE = JaxBridge(
     name="jax",
     decode_leaf=asarray,
     encode_leaf=_encode_leaf,
     from_numpy=_from_numpy,
     to_numpy=_to_numpy,
     is_array=_is_array,
-    **_optional,
+    make_checker=_make_checker,
 )
 """The JAX backend's leaf table: tensors decode to immutable, zero-copy ``jax.Array``s."""
 

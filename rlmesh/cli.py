@@ -1,0 +1,71 @@
+"""The ``rlmesh`` command line: ``rlmesh serve SOURCE --address ...``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import traceback
+from typing import Any
+
+from rlmesh.sources import VECTORIZATION_MODES, env_factory, parse_kwargs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for ``rlmesh``."""
+    parser = argparse.ArgumentParser(prog="rlmesh", description="Serve and drive Gymnasium envs across boundaries.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve an env (one fresh env per client session)")
+    serve.add_argument("source", help="Gymnasium id (CartPole-v1, gym://CartPole-v1) or module:callable")
+    serve.add_argument("--address", default="tcp://127.0.0.1:0",
+                       help="tcp://host:port, host:port, a port, unix:///path or ipc:///path (port 0 picks one)")
+    serve.add_argument("--num-envs", type=int, default=None, help="serve a vector env of N lanes")
+    serve.add_argument("--vectorization-mode", choices=VECTORIZATION_MODES, default="sync")
+    serve.add_argument("--kwarg", action="append", default=[], metavar="KEY=JSON",
+                       help="keyword argument for the env constructor (repeatable; JSON values)")
+    serve.add_argument("--ready-file", default=None, help="write the bound address here once serving")
+    serve.add_argument("--allow-remote-shutdown", action="store_true")
+    serve.add_argument("--idle-timeout", type=float, default=None, help="close sessions idle this many seconds")
+    serve.add_argument("--quiet", action="store_true", help="do not print the bound address")
+    return parser
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    """Run ``rlmesh serve``; returns the exit code."""
+    from rlmesh.server import EnvServer, ServeOptions
+
+    factory = env_factory(args.source, num_envs=args.num_envs, vectorization_mode=args.vectorization_mode,
+                          kwargs=parse_kwargs(args.kwarg))
+    options = ServeOptions(allow_remote_shutdown=args.allow_remote_shutdown, idle_timeout_seconds=args.idle_timeout)
+    server = EnvServer(factory, args.address, options=options)
+
+    def stop(signum: int, frame: Any) -> None:
+        server.shutdown()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    if args.ready_file:
+        temporary = f"{args.ready_file}.tmp"
+        with open(temporary, "w") as handle:
+            handle.write(server.address + "\n")
+        os.replace(temporary, args.ready_file)
+    if not args.quiet:
+        print(f"rlmesh: serving {server.contract.id} on {server.address}", flush=True)
+    server.serve()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``rlmesh`` command."""
+    logging.basicConfig(level=logging.INFO, format="rlmesh %(levelname)s %(message)s")
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        try:
+            return serve_command(args)
+        except Exception as error:
+            traceback.print_exc()
+            print(f"rlmesh serve: error: {error}", file=sys.stderr)
+            return 2
+    return 2  # pragma: no cover - argparse enforces the subcommand
