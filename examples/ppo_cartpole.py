@@ -91,7 +91,7 @@ class Args:
     """GAE lambda."""
 
     # --- update ---
-    learning_rate: float = 2.5e-4
+    learning_rate: float = 5e-4
     """Adam learning rate at the start of training."""
     anneal_lr: bool = True
     """Decay the learning rate linearly to 0 over the run."""
@@ -162,7 +162,7 @@ def _embedded_server(env_id: str, num_envs: int) -> Iterator[str]:
     with tempfile.TemporaryDirectory() as tmp:
         ready = Path(tmp) / "ready"
         cmd = [sys.executable, "-m", "rlmesh", "serve", env_id, "--num-envs", str(num_envs),
-               "--address", "tcp://127.0.0.1:0", "--ready-file", str(ready)]
+               "--address", "tcp://127.0.0.1:0", "--ready-file", str(ready), "--quiet"]
         proc = subprocess.Popen(cmd)
         try:
             deadline = time.monotonic() + 60.0
@@ -210,21 +210,28 @@ def open_env(args: Args) -> Iterator[Any]:
             yield env
 
 
-def _jit_step_fn(env: Any) -> Any:
-    """The traceable ``step(actions) -> (obs, rewards, terminations, truncations)`` of ``env``."""
-    try:
-        from rlmesh.integrations import jit_step
-    except ImportError as exc:  # pragma: no cover - depends on the installed version
-        raise SystemExit("--jit-rollout needs rlmesh.integrations.jit_step") from exc
-    return jit_step.make_step_fn(env)
-
-
-def _to_env_action(space: Any) -> Any:
-    """Actions for ``env.step``: int array for Discrete, clipped and reshaped for Box."""
+def _action_transform(space: Any, xp: Any) -> Any:
+    """Actions for ``env.step`` (``xp`` is ``np``, or ``jnp`` inside jit): Box gets clipped."""
     if getattr(space, "n", None) is not None:
-        return np.asarray
+        return xp.asarray
     low, high, shape = np.asarray(space.low), np.asarray(space.high), tuple(space.shape)
-    return lambda a: np.clip(np.asarray(a).reshape((-1, *shape)), low, high)
+    return lambda a: xp.clip(xp.asarray(a).reshape((-1, *shape)), low, high)
+
+
+def _jit_rollout_collector(env: Any, apply_fn: Any, args: Args) -> tuple[Any, Any]:
+    """A ``lax.scan`` collector stepping ``env`` through ordered callbacks, and its handle."""
+    if args.local:
+        raise SystemExit("--jit-rollout steps an rlmesh endpoint; drop --local")
+    from rlmesh.integrations.jit_step import JitVectorEnv
+
+    jenv = JitVectorEnv(env)
+
+    def step_fn(handle: Any, action: jax.Array) -> tuple[Any, ...]:
+        handle, out = jenv.step(handle, action)
+        return handle, out.observation, out.reward, out.terminated, out.truncated
+
+    to_env = _action_transform(env.single_action_space, jnp)
+    return make_scan_collector(apply_fn, step_fn, args.num_steps, to_env), jenv.handle()
 
 
 def save_learning_curve(history: list[dict[str, float]], path: Path, title: str) -> None:
@@ -277,9 +284,10 @@ def train(args: Args) -> dict[str, Any]:
             loss=LossConfig(args.clip_coef, args.ent_coef, args.vf_coef,
                             args.clip_vloss, args.norm_adv),
         ))
-        to_env_action = _to_env_action(env.single_action_space)
+        to_env_action = _action_transform(env.single_action_space, np)
+        env_state = None
         if args.jit_rollout:
-            collect = make_scan_collector(apply_fn, _jit_step_fn(env), args.num_steps)
+            collect, env_state = _jit_rollout_collector(env, apply_fn, args)
         else:
             collector = PythonCollector(env, apply_fn, to_env_action)
             collect = lambda p, s: collector.collect(p, s, args.num_steps)
@@ -289,7 +297,7 @@ def train(args: Args) -> dict[str, Any]:
         def run_eval(params: Any) -> np.ndarray:
             return evaluate(env, lambda o: to_env_action(greedy(params, o)), eval_seeds)
 
-        cstate = initial_state(obs, collect_key)
+        cstate = initial_state(obs, collect_key, env_state)
         running = jnp.zeros(args.num_envs, jnp.float32)
         lengths = jnp.zeros(args.num_envs, jnp.int32)
         recent: deque[float] = deque(maxlen=20)
@@ -328,7 +336,7 @@ def train(args: Args) -> dict[str, Any]:
                     stopped_early = True
                     break
                 obs, _ = env.reset()
-                cstate = initial_state(obs, cstate.key)
+                cstate = initial_state(obs, cstate.key, cstate.env_state)
                 running, lengths = jnp.zeros_like(running), jnp.zeros_like(lengths)
         bar.close()
         train_time = time.perf_counter() - t_train

@@ -158,6 +158,8 @@ def _array_checker(
                 raise _Fail(f"{expected}, found {_describe(value)}")
             array = np.asarray(value)
         else:
+            if kind is Tensor:
+                value = value.numpy()
             dtype = getattr(value, "dtype", None)
             if dtype is None or getattr(value, "shape", None) is None:
                 array = _as_numpy(value)
@@ -238,6 +240,8 @@ def _discrete(spec: SpaceSpec, batch: tuple[int, ...]) -> Callable[[Any], None]:
             return
         if kind is bool or isinstance(value, str | bytes | float):
             raise _Fail(f"{expected}, found {_describe(value)}")
+        if kind is Tensor:
+            value = value.numpy()
         dtype = getattr(value, "dtype", None)
         if dtype is not None and (
             dtype.kind not in _INT_KINDS or getattr(value, "shape", ()) != ()

@@ -65,7 +65,7 @@ def aligned_empty(shape: Sequence[int], dtype: Any) -> np.ndarray:
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     raw = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
     offset = (-raw.ctypes.data) % ALIGNMENT
-    return raw[offset : offset + nbytes].view(dtype).reshape(shape)
+    return np.ndarray(shape, dtype=dtype, buffer=raw, offset=offset)
 
 
 def is_aligned(array: np.ndarray) -> bool:

@@ -27,17 +27,21 @@ class CollectorState(NamedTuple):
         obs: Current observations ``(N, *obs_shape)``.
         first_valid: Whether the next step is a real transition (False right after a done).
         key: PRNG key for action sampling.
+        env_state: Whatever the traced env step threads through the scan carry (for example
+            the ``EnvHandle`` of ``rlmesh.integrations.jit_step.JitVectorEnv``); None for the
+            Python collector.
     """
 
     obs: jax.Array
     first_valid: jax.Array
     key: jax.Array
+    env_state: Any = None
 
 
-def initial_state(obs: Any, key: jax.Array) -> CollectorState:
+def initial_state(obs: Any, key: jax.Array, env_state: Any = None) -> CollectorState:
     """Collector state right after ``env.reset``: every lane's next step is valid."""
     obs = jnp.asarray(obs)
-    return CollectorState(obs, jnp.ones(obs.shape[0], bool), key)
+    return CollectorState(obs, jnp.ones(obs.shape[0], bool), key, env_state)
 
 
 def policy_step(
@@ -132,41 +136,44 @@ class PythonCollector:
         obs = jnp.asarray(obs)
         rollout = _assemble(*cols, state.first_valid, self._value(params, obs))
         done_last = rollout.terminations[-1] | rollout.truncations[-1]
-        return rollout, CollectorState(obs, ~done_last, key)
+        return rollout, CollectorState(obs, ~done_last, key, state.env_state)
 
 
-StepFn = Callable[[jax.Array], tuple[jax.Array, jax.Array, jax.Array, jax.Array]]
-"""Traceable env step ``step(actions) -> (obs, rewards, terminations, truncations)``."""
+StepFn = Callable[[Any, jax.Array], tuple[Any, jax.Array, jax.Array, jax.Array, jax.Array]]
+"""Traceable env step ``step(env_state, actions) -> (env_state, obs, rewards, terms, truncs)``."""
 
 
 def make_scan_collector(
-    apply_fn: ApplyFn, step_fn: StepFn, num_steps: int
+    apply_fn: ApplyFn,
+    step_fn: StepFn,
+    num_steps: int,
+    to_env_action: Callable[[jax.Array], jax.Array] = lambda a: a,
 ) -> Callable[[Any, CollectorState], tuple[Rollout, CollectorState]]:
     """Return a jitted ``collect(params, state) -> (rollout, state)`` built on ``lax.scan``.
 
-    ``step_fn`` must be callable inside ``jit`` (for example an env step routed through a
-    JAX host callback, as ``rlmesh.integrations.jit_step`` provides). The transitions match
-    :class:`PythonCollector` for the same params, key and env.
+    ``step_fn`` must be callable inside ``jit`` (for example an env step routed through an
+    ordered host callback, as ``rlmesh.integrations.jit_step.JitVectorEnv.step`` is); it
+    threads ``state.env_state`` through the scan carry. ``to_env_action`` is a traceable
+    version of :class:`PythonCollector`'s. The transitions match :class:`PythonCollector`
+    for the same params, key and env.
     """
 
     @jax.jit
     def collect(params: Any, state: CollectorState) -> tuple[Rollout, CollectorState]:
-        def body(
-            carry: tuple[jax.Array, jax.Array], _: None
-        ) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, ...]]:
-            obs, key = carry
+        def body(carry: tuple[Any, ...], _: None) -> tuple[tuple[Any, ...], tuple[jax.Array, ...]]:
+            obs, key, env_state = carry
             action, logprob, value, key = policy_step(apply_fn, params, obs, key)
-            next_obs, reward, term, trunc = step_fn(action)
+            env_state, next_obs, reward, term, trunc = step_fn(env_state, to_env_action(action))
             out = (obs, action, logprob, value, reward.astype(jnp.float32), term, trunc)
-            return (jnp.asarray(next_obs, obs.dtype), key), out
+            return (jnp.asarray(next_obs, obs.dtype), key, env_state), out
 
-        (obs, key), (o, a, lp, v, r, te, tr) = jax.lax.scan(
-            body, (state.obs, state.key), None, length=num_steps
+        (obs, key, env_state), (o, a, lp, v, r, te, tr) = jax.lax.scan(
+            body, (state.obs, state.key, state.env_state), None, length=num_steps
         )
         te, tr = te.astype(bool), tr.astype(bool)
         valid = reset_step_mask(te | tr, state.first_valid)
         rollout = Rollout(o, a, lp, v, r, te, tr, valid, apply_fn(params, obs)[1])
-        return rollout, CollectorState(obs, ~(te[-1] | tr[-1]), key)
+        return rollout, CollectorState(obs, ~(te[-1] | tr[-1]), key, env_state)
 
     return collect
 

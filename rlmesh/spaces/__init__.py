@@ -14,7 +14,7 @@ from rlmesh.bridges import TENSOR_BRIDGE, Bridge
 from rlmesh.spaces.base import Space
 from rlmesh.spaces.composite import Dict, Tuple
 from rlmesh.spaces.gymnasium_bridge import spec_from_gymnasium_space, to_gymnasium_space
-from rlmesh.spaces.simple import Box, Discrete, MultiBinary, MultiDiscrete, Text
+from rlmesh.spaces.simple import Box, Discrete, MultiBinary, MultiDiscrete, Text, compact_bound
 from rlmesh.specs import SpaceSpec
 
 __all__ = [
@@ -67,16 +67,13 @@ def batch_spec(spec: SpaceSpec, num_envs: int) -> SpaceSpec:
     """The spec of ``num_envs`` stacked values, following ``gymnasium.vector.utils.batch_space``."""
     d = spec.details
     if spec.kind == "box":
-        low, high = (np.broadcast_to(np.asarray(d[k]), spec.shape) for k in ("low", "high"))
-        stacked = {k: np.stack([v] * num_envs) for k, v in (("low", low), ("high", high))}
-        from rlmesh.spaces.simple import compact_bound
-
-        return SpaceSpec("box", (num_envs, *spec.shape), spec.dtype, {k: compact_bound(v) for k, v in stacked.items()})
+        details = {k: compact_bound(np.stack([np.broadcast_to(np.asarray(d[k]), spec.shape)] * num_envs)) for k in ("low", "high")}
+        return SpaceSpec("box", (num_envs, *spec.shape), spec.dtype, details)
     if spec.kind == "discrete":
         details = {"nvec": [d["n"]] * num_envs, "start": [d.get("start", 0)] * num_envs}
         return SpaceSpec("multi_discrete", (num_envs,), spec.dtype, details)
     if spec.kind == "multi_binary":
-        return SpaceSpec("multi_binary", (num_envs, *spec.shape), spec.dtype)
+        return SpaceSpec("box", (num_envs, *spec.shape), spec.dtype, {"low": 0, "high": 1})
     if spec.kind == "multi_discrete":
         details = {"nvec": [d["nvec"]] * num_envs, "start": [d.get("start", 0)] * num_envs}
         return SpaceSpec("multi_discrete", (num_envs, *spec.shape), spec.dtype, details)

@@ -39,7 +39,7 @@ def spec_from_gymnasium_space(space: Any) -> SpaceSpec:
         details = {"nvec": space.nvec.tolist(), "start": space.start.tolist()}
         return SpaceSpec("multi_discrete", space.shape, _space_dtype(space), details)
     if isinstance(space, spaces.Text):
-        details = {"min_length": int(space.min_length), "max_length": int(space.max_length), "charset": "".join(space.character_set)}
+        details = {"min_length": int(space.min_length), "max_length": int(space.max_length), "charset": "".join(sorted(space.character_set))}
         return SpaceSpec("text", (), None, details)
     if isinstance(space, spaces.Dict):
         return SpaceSpec("dict", (), None, {"spaces": {str(k): spec_from_gymnasium_space(v) for k, v in space.spaces.items()}})
@@ -64,7 +64,9 @@ def to_gymnasium_space(spec_or_space: Any) -> Any:
     spec: SpaceSpec = getattr(spec_or_space, "spec", spec_or_space)
     d = spec.details
     if spec.kind == "box":
-        return spaces.Box(np.asarray(d["low"]), np.asarray(d["high"]), shape=spec.shape, dtype=np.dtype(spec.dtype))
+        dtype = np.dtype(spec.dtype)
+        low, high = (np.broadcast_to(np.asarray(d[key], dtype), spec.shape) for key in ("low", "high"))
+        return spaces.Box(low, high, shape=spec.shape, dtype=dtype)
     if spec.kind == "discrete":
         return spaces.Discrete(d["n"], start=d.get("start", 0), dtype=np.dtype(spec.dtype or "int64"))
     if spec.kind == "multi_binary":

@@ -181,7 +181,7 @@ class Text(Space[str]):
         if not 0 <= min_length <= max_length:
             raise ValueError(f"Text needs 0 <= min_length <= max_length, got {min_length}, {max_length}")
         self.min_length, self.max_length = int(min_length), int(max_length)
-        self.charset = "".join(charset)
+        self.charset = "".join(sorted(set(charset)))
         details = {"min_length": self.min_length, "max_length": self.max_length, "charset": self.charset}
         super().__init__(SpaceSpec("text", (), None, details), bridge=bridge, seed=seed)
 

@@ -1,0 +1,158 @@
+"""Small Gymnasium envs the tests serve: nested spaces, images, every dtype, failures."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+WIRE_DTYPES = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+               "float16", "float32", "float64")
+
+
+class DictTupleEnv(gym.Env):
+    """Dict and Tuple observations and a Dict action; episodes end after 20 steps."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self) -> None:
+        self.observation_space = spaces.Dict({
+            "position": spaces.Box(-1.0, 1.0, (3,), np.float32),
+            "flags": spaces.MultiBinary(4),
+            "pair": spaces.Tuple((spaces.Discrete(5), spaces.Box(0.0, 10.0, (2,), np.float64))),
+        })
+        self.action_space = spaces.Dict({"move": spaces.Box(-1.0, 1.0, (2,), np.float32), "jump": spaces.Discrete(2)})
+        self._t = 0
+
+    def _observation(self) -> dict[str, Any]:
+        rng = self.np_random
+        return {
+            "position": rng.uniform(-1, 1, 3).astype(np.float32),
+            "flags": rng.integers(0, 2, 4).astype(np.int8),
+            "pair": (int(rng.integers(5)), rng.uniform(0, 10, 2)),
+        }
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
+        super().reset(seed=seed)
+        self._t = 0
+        return self._observation(), {"t": 0, "note": "reset"}
+
+    def step(self, action: Any) -> Any:
+        self._t += 1
+        reward = float(np.sum(action["move"])) + float(action["jump"])
+        return self._observation(), reward, self._t >= 20, False, {"t": self._t, "nested": {"a": (1, 2)}}
+
+
+class ImageEnv(gym.Env):
+    """84x84x4 uint8 observations, Discrete(4) actions, rgb_array rendering; 50-step episodes."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 30}
+
+    def __init__(self, render_mode: str | None = None) -> None:
+        self.observation_space = spaces.Box(0, 255, (84, 84, 4), np.uint8)
+        self.action_space = spaces.Discrete(4)
+        self.render_mode = render_mode
+        self._t = 0
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
+        super().reset(seed=seed)
+        self._t = 0
+        return self.np_random.integers(0, 256, (84, 84, 4), dtype=np.uint8), {}
+
+    def step(self, action: Any) -> Any:
+        self._t += 1
+        obs = self.np_random.integers(0, 256, (84, 84, 4), dtype=np.uint8)
+        obs[0, 0, 0] = action
+        return obs, float(action), False, self._t >= 50, {}
+
+    def render(self) -> Any:
+        frame = np.zeros((32, 48, 3), dtype=np.uint8)
+        frame[:, :, 0] = self._t
+        return frame
+
+
+class EchoEnv(gym.Env):
+    """Observes the action it was given: one Box of each of the 12 wire dtypes."""
+
+    def __init__(self) -> None:
+        boxes = {}
+        for name in WIRE_DTYPES:
+            dtype = np.dtype(name)
+            if dtype.kind == "b":
+                boxes[name] = spaces.Box(0, 1, (2, 3), dtype)
+            elif dtype.kind in "iu":
+                info = np.iinfo(dtype)
+                boxes[name] = spaces.Box(info.min, info.max, (2, 3), dtype)
+            else:
+                boxes[name] = spaces.Box(-1000, 1000, (2, 3), dtype)
+        self.observation_space = spaces.Dict(boxes)
+        self.action_space = spaces.Dict(boxes)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
+        super().reset(seed=seed)
+        return self.observation_space.sample(), {}
+
+    def step(self, action: Any) -> Any:
+        return action, 0.0, False, False, {"dtypes": {k: str(v.dtype) for k, v in action.items()}}
+
+
+class CrashingEnv(gym.Env):
+    """CartPole-like spaces; ``step`` raises on its third call."""
+
+    observation_space = spaces.Box(-1.0, 1.0, (4,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self) -> None:
+        self._t = 0
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
+        super().reset(seed=seed)
+        self._t = 0
+        return np.zeros(4, np.float32), {}
+
+    def step(self, action: Any) -> Any:
+        self._t += 1
+        if self._t == 3:
+            raise RuntimeError("boom at step 3")
+        return np.zeros(4, np.float32), 1.0, False, False, {}
+
+
+class UnencodableInfoEnv(CrashingEnv):
+    """Puts an arbitrary Python object into ``info``."""
+
+    def step(self, action: Any) -> Any:
+        return np.zeros(4, np.float32), 1.0, False, False, {"obj": object(), "ok": 1}
+
+
+class CloseCounter:
+    """A factory that counts how often the envs it made were closed."""
+
+    def __init__(self, env_id: str = "CartPole-v1") -> None:
+        self.env_id = env_id
+        self.made = 0
+        self.closes: list[int] = []
+
+    def __call__(self) -> gym.Env:
+        self.made += 1
+        env = gym.make(self.env_id)
+        index = self.made
+        original = env.close
+
+        def close() -> None:
+            self.closes.append(index)
+            original()
+
+        env.close = close  # type: ignore[method-assign]
+        return env
+
+
+def make_dict_env() -> gym.Env:
+    """Factory used through ``rlmesh serve envs:make_dict_env``."""
+    return DictTupleEnv()
+
+
+def make_image_env(render_mode: str | None = None) -> gym.Env:
+    """Factory used through ``rlmesh serve envs:make_image_env``."""
+    return ImageEnv(render_mode=render_mode)
