@@ -1,0 +1,66 @@
+"""The public surface is deliberate: a change to it must change this test too."""
+
+import subprocess
+import sys
+
+import rlmesh
+
+EXPECTED_CORE = {
+    "BadRequestError", "EndpointConnectionError", "EndpointTimeoutError", "EnvBusyError", "EnvContract",
+    "EnvServer", "InvalidActionError", "ProtocolError", "RLMeshError", "RemoteEnv", "RemoteEnvBase",
+    "RemoteEnvError", "RemoteVectorEnv", "RemoteVectorEnvBase", "SandboxError", "ServeOptions", "SpaceSpec",
+    "Tensor", "__version__", "spaces", "specs",
+}
+
+
+def test_core_surface_has_not_drifted() -> None:
+    assert EXPECTED_CORE <= set(rlmesh.__all__)
+    for name in rlmesh.__all__:
+        assert hasattr(rlmesh, name), name
+        obj = getattr(rlmesh, name)
+        if callable(obj) and not isinstance(obj, type(rlmesh)):
+            assert obj.__doc__, f"{name} has no docstring"
+
+
+def test_errors_subclass_the_builtins_users_catch() -> None:
+    assert issubclass(rlmesh.EndpointConnectionError, ConnectionError)
+    assert issubclass(rlmesh.EnvBusyError, ConnectionError)
+    assert issubclass(rlmesh.EndpointTimeoutError, TimeoutError)
+    assert issubclass(rlmesh.ProtocolError, ValueError)
+    assert issubclass(rlmesh.InvalidActionError, ValueError)
+    assert issubclass(rlmesh.RemoteEnvError, RuntimeError)
+
+
+def test_core_imports_without_optional_extras() -> None:
+    blocker = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in {'jax', 'jaxlib', 'flax', 'optax', 'chex', 'docker', 'gymnasium', 'tqdm'}:\n"
+        "            raise ImportError(f'blocked {name}')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import rlmesh, rlmesh.numpy, rlmesh.jax\n"
+        "assert 'jax' not in sys.modules and 'docker' not in sys.modules\n"
+        "try:\n"
+        "    rlmesh.jax.ensure_available()\n"
+        "except ImportError as e:\n"
+        "    assert 'rlmesh[jax]' in str(e), e\n"
+        "else:\n"
+        "    raise SystemExit('ensure_available did not raise')\n"
+        "try:\n"
+        "    rlmesh.spaces.Discrete(2).to_gymnasium_space()\n"
+        "except ImportError as e:\n"
+        "    assert 'rlmesh[gymnasium]' in str(e), e\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_integrations_live_under_rlmesh_not_top_level() -> None:
+    import rlmesh.integrations
+
+    assert rlmesh.integrations.__name__ == "rlmesh.integrations"
+    result = subprocess.run([sys.executable, "-c", "import integrations"], capture_output=True, text=True,
+                            cwd="/", timeout=60)
+    assert result.returncode != 0
