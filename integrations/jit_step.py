@@ -127,9 +127,7 @@ def _to_host(value: Any, like: jax.ShapeDtypeStruct) -> np.ndarray:
     if array.dtype != like.dtype:
         array = array.astype(like.dtype)
     if array.shape != like.shape:
-        raise ValueError(
-            f"the env returned shape {array.shape}, the contract promises {like.shape}"
-        )
+        raise ValueError(f"the env returned shape {array.shape}, the contract promises {like.shape}")
     return array
 
 
@@ -195,9 +193,7 @@ class JitVectorEnv:
     # -- host side ----------------------------------------------------------------------
     def _claim(self, env_id: np.ndarray, step: np.ndarray) -> None:
         if int(env_id) != self.env_id:
-            raise RuntimeError(
-                f"this EnvHandle belongs to JitVectorEnv #{int(env_id)}, not #{self.env_id}"
-            )
+            raise RuntimeError(f"this EnvHandle belongs to JitVectorEnv #{int(env_id)}, not #{self.env_id}")
         if int(step) != self._served:
             raise RuntimeError(
                 f"stale EnvHandle: it is at step {int(step)} but the env has served {self._served} "
@@ -229,9 +225,7 @@ class JitVectorEnv:
             )
 
     # -- traced side --------------------------------------------------------------------
-    def reset(
-        self, handle: EnvHandle, seed: int | jax.Array | None = None
-    ) -> tuple[EnvHandle, Any]:
+    def reset(self, handle: EnvHandle, seed: int | jax.Array | None = None) -> tuple[EnvHandle, Any]:
         """Reset every lane; usable inside ``jax.jit``.
 
         Args:
@@ -262,6 +256,4 @@ class JitVectorEnv:
         step, observation, reward, terminated, truncated = io_callback(
             self._host_step, self._step_shapes, handle.env_id, handle.step, action, ordered=True
         )
-        return EnvHandle(handle.env_id, step), StepResult(
-            observation, reward, terminated, truncated
-        )
+        return EnvHandle(handle.env_id, step), StepResult(observation, reward, terminated, truncated)

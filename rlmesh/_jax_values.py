@@ -45,16 +45,7 @@ __all__ = [
 ]
 
 JaxValue: TypeAlias = (
-    bool
-    | int
-    | float
-    | str
-    | bytes
-    | object
-    | list["JaxValue"]
-    | tuple["JaxValue", ...]
-    | dict[str, "JaxValue"]
-    | None
+    bool | int | float | str | bytes | object | list["JaxValue"] | tuple["JaxValue", ...] | dict[str, "JaxValue"] | None
 )
 """A value in the JAX backend: Python primitives, ``jax.Array`` leaves, and containers."""
 
@@ -86,20 +77,16 @@ def check_jax_version(found: str | None) -> None:
     """
     floor = ".".join(map(str, MIN_JAX_VERSION))
     if found is None:
-        raise ImportError(
-            f"rlmesh.jax requires jax >= {floor}, but jax is not installed; {_INSTALL_HINT}"
-        )
+        raise ImportError(f"rlmesh.jax requires jax >= {floor}, but jax is not installed; {_INSTALL_HINT}")
     match = _VERSION_RE.match(found)
     if match is None:
         raise ImportError(
-            f"rlmesh.jax requires jax >= {floor}, found jax with unparseable version {found!r}; "
-            f"{_INSTALL_HINT}"
+            f"rlmesh.jax requires jax >= {floor}, found jax with unparseable version {found!r}; {_INSTALL_HINT}"
         )
     version = tuple(int(part or 0) for part in match.groups())
     if version < MIN_JAX_VERSION:
         raise ImportError(
-            f"rlmesh.jax requires jax >= {floor}, found jax {found}; upgrade it: "
-            'pip install -U "rlmesh[jax]"'
+            f'rlmesh.jax requires jax >= {floor}, found jax {found}; upgrade it: pip install -U "rlmesh[jax]"'
         )
 
 
@@ -212,8 +199,7 @@ def asarray(tensor: Tensor | bool | int | float) -> Any:
     if isinstance(tensor, Tensor) or hasattr(tensor, "__dlpack__"):
         return jnp.from_dlpack(tensor)
     raise TypeError(
-        f"asarray expects an rlmesh Tensor, a DLPack producer or a Python scalar, "
-        f"got {type(tensor).__qualname__}"
+        f"asarray expects an rlmesh Tensor, a DLPack producer or a Python scalar, got {type(tensor).__qualname__}"
     )
 
 

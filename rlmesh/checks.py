@@ -74,9 +74,7 @@ def _describe(value: Any) -> str:
             kind = "NumPy scalar"
         else:
             kind = "NumPy array" if isinstance(value, np.ndarray) else type(value).__name__
-        return f"{dtype} {kind} of shape {tuple(shape)}" + (
-            f" = {value!r:.60}" if not shape else ""
-        )
+        return f"{dtype} {kind} of shape {tuple(shape)}" + (f" = {value!r:.60}" if not shape else "")
     if isinstance(value, str):
         return f"str {value!r:.60} of length {len(value)}"
     return f"{type(value).__name__} {value!r:.60}"
@@ -126,6 +124,9 @@ def _array_checker(
     high_full = None if high is None else np.broadcast_to(high, shape)
     scalar_shape = shape == ()
     bounded = low is not None or high is not None
+    max_low = None if low is None else np.max(low)
+    min_high = None if high is None else np.min(high)
+    dtype_covered: dict[np.dtype, bool] = {}
 
     def in_bounds(array: np.ndarray) -> bool:
         if size <= _SMALL:
@@ -145,8 +146,20 @@ def _array_checker(
                     return all(v < b for v, b in zip(values, high_list, strict=True))
                 return all(v <= b for v, b in zip(values, high_list, strict=True))
             return True
-        if low_full is not None and not bool(np.all(array >= low_full)):
+        covered = dtype_covered.get(array.dtype)
+        if covered is None:
+            covered = dtype_covered[array.dtype] = _range_within(array.dtype, max_low, min_high, high_exclusive)
+        if covered:  # e.g. uint8 images in a [0, 255] Box: every value of the dtype fits
+            return True
+        # `not (x >= b)` rather than `x < b`, so that NaN fails.
+        if low_scalar is not None:
+            if not array.min() >= low_scalar:
+                return False
+        elif low_full is not None and not bool(np.all(array >= low_full)):
             return False
+        if high_scalar is not None:
+            top = array.max()
+            return bool(top < high_scalar) if high_exclusive else bool(top <= high_scalar)
         if high_full is not None:
             return bool(np.all(array < high_full) if high_exclusive else np.all(array <= high_full))
         return True
@@ -180,6 +193,22 @@ def _array_checker(
     return check
 
 
+def _range_within(dtype: np.dtype, max_low: Any, min_high: Any, high_exclusive: bool) -> bool:
+    """Whether every value of an integer or bool ``dtype`` lies within the bounds."""
+    if dtype.kind == "b":
+        smallest, largest = 0, 1
+    elif dtype.kind in _INT_KINDS:
+        info = np.iinfo(dtype)
+        smallest, largest = int(info.min), int(info.max)
+    else:
+        return False
+    if max_low is not None and not max_low <= smallest:
+        return False
+    if min_high is not None:
+        return bool(min_high > largest) if high_exclusive else bool(min_high >= largest)
+    return True
+
+
 def _bound_text(low: np.ndarray | None, high: np.ndarray | None, exclusive: bool) -> str:
     def show(bound: np.ndarray | None, default: str) -> str:
         if bound is None:
@@ -192,9 +221,7 @@ def _bound_text(low: np.ndarray | None, high: np.ndarray | None, exclusive: bool
     close = ")" if exclusive else "]"
     low_text, high_text = show(low, "-inf"), show(high, "inf")
     if "[" in low_text or "[" in high_text:
-        return f"elementwise low={low_text}, high={high_text}" + (
-            " (high exclusive)" if exclusive else ""
-        )
+        return f"elementwise low={low_text}, high={high_text}" + (" (high exclusive)" if exclusive else "")
     return f"[{low_text}, {high_text}{close}"
 
 
@@ -226,9 +253,7 @@ def _discrete(spec: SpaceSpec, batch: tuple[int, ...]) -> Callable[[Any], None]:
         what = f"an integer array of shape {batch} with values in [{start}, {start + n}) " + (
             f"(batched Discrete({n}, start={start}))"
         )
-        return _array_checker(
-            batch, _INT_KINDS, np.asarray(start), np.asarray(start + n), True, what
-        )
+        return _array_checker(batch, _INT_KINDS, np.asarray(start), np.asarray(start + n), True, what)
     stop = start + n
     expected = f"expected {what}"
 
@@ -243,9 +268,7 @@ def _discrete(spec: SpaceSpec, batch: tuple[int, ...]) -> Callable[[Any], None]:
         if kind is Tensor:
             value = value.numpy()
         dtype = getattr(value, "dtype", None)
-        if dtype is not None and (
-            dtype.kind not in _INT_KINDS or getattr(value, "shape", ()) != ()
-        ):
+        if dtype is not None and (dtype.kind not in _INT_KINDS or getattr(value, "shape", ()) != ()):
             raise _Fail(f"{expected}, found {_describe(value)}")
         array = _as_numpy(value)
         if array.shape != () or array.dtype.kind not in _INT_KINDS:
@@ -261,10 +284,7 @@ def _multi_discrete(spec: SpaceSpec, batch: tuple[int, ...]) -> Callable[[Any], 
     start = np.broadcast_to(np.asarray(spec.details.get("start") or 0, dtype=np.int64), nvec.shape)
     shape = batch + tuple(nvec.shape)
     bounds = _bound_text(start, start + nvec, True)
-    what = (
-        f"an integer array of shape {shape} with values in {bounds} "
-        f"(MultiDiscrete({nvec.tolist()}))"
-    )
+    what = f"an integer array of shape {shape} with values in {bounds} (MultiDiscrete({nvec.tolist()}))"
     return _array_checker(shape, _INT_KINDS, start, start + nvec, True, what)
 
 
@@ -324,9 +344,7 @@ def _compile(spec: SpaceSpec, batch: tuple[int, ...]) -> _Node:
         return _Node(kind, _multi_binary(spec, batch), None, "MultiBinary")
     if kind == "text":
         if batch:  # batch_space(Text) is a Tuple of num_envs Texts.
-            return _Node(
-                "tuple", None, [_Node(kind, _text(spec), None, "Text")] * batch[0], "Tuple"
-            )
+            return _Node("tuple", None, [_Node(kind, _text(spec), None, "Text")] * batch[0], "Tuple")
         return _Node(kind, _text(spec), None, "Text")
     if kind == "dict":
         children = {str(key): _compile(sub, batch) for key, sub in spec.details["spaces"].items()}
@@ -350,16 +368,10 @@ def _leaf_checks(node: _Node, path: str) -> list[tuple[str, Callable[[Any], None
     """Leaf checks in ``jax.tree_util`` flatten order (dict keys sorted)."""
     if node.kind == "dict":
         return [
-            check
-            for key in sorted(node.children)
-            for check in _leaf_checks(node.children[key], f"{path}[{key!r}]")
+            check for key in sorted(node.children) for check in _leaf_checks(node.children[key], f"{path}[{key!r}]")
         ]
     if node.kind == "tuple":
-        return [
-            check
-            for i, child in enumerate(node.children)
-            for check in _leaf_checks(child, f"{path}[{i}]")
-        ]
+        return [check for i, child in enumerate(node.children) for check in _leaf_checks(child, f"{path}[{i}]")]
     assert node.leaf is not None
     return [(path, node.leaf)]
 

@@ -14,6 +14,7 @@ the socket read.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from rlmesh.tensor import DTYPE_CODES, WIRE_DTYPES, Tensor, dtype_from_code, wir
 TENSOR_EXT = 1
 TUPLE_EXT = 2
 _INDEX = struct.Struct("<I")
+_CODE_BY_DTYPE = {np.dtype(name): code for name, code in DTYPE_CODES.items()}
+_DTYPE_BY_CODE = [dtype_from_code(code) for code in range(len(WIRE_DTYPES))]
 
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 30
 DEFAULT_MAX_TENSORS = 4096
@@ -72,9 +75,12 @@ class _Encoder:
             raise _EncodeError(f"cannot encode value: {error}") from None
 
     def add_array(self, array: np.ndarray) -> msgpack.ExtType:
-        dtype = wire_dtype(array.dtype)
-        if array.dtype != dtype or not array.flags.c_contiguous:
-            array = np.ascontiguousarray(array, dtype=dtype)
+        code = _CODE_BY_DTYPE.get(array.dtype)
+        if code is None:  # non-native byte order, or a dtype the wire refuses (raises)
+            dtype = wire_dtype(array.dtype)
+            array, code = np.ascontiguousarray(array, dtype=dtype), DTYPE_CODES[dtype.name]
+        elif not array.flags.c_contiguous:
+            array = np.ascontiguousarray(array)
         if len(self.buffers) >= self.limits.max_tensors:
             raise _EncodeError(f"a message may carry at most {self.limits.max_tensors} tensors")
         self.nbytes += array.nbytes
@@ -84,7 +90,7 @@ class _Encoder:
                 f"({self.nbytes} bytes of tensors)"
             )
         index = len(self.buffers)
-        self.descriptors.append([DTYPE_CODES[dtype.name], list(array.shape)])
+        self.descriptors.append([code, array.shape])
         self.buffers.append(array)
         return msgpack.ExtType(TENSOR_EXT, _INDEX.pack(index))
 
@@ -190,15 +196,17 @@ def parse_header(frame: bytes | memoryview, limits: Limits = DEFAULT_LIMITS) -> 
     for descriptor in descriptors:
         try:
             code, shape = descriptor
-            if not isinstance(code, int) or not 0 <= code < len(WIRE_DTYPES):
+            dtype = _DTYPE_BY_CODE[code] if type(code) is int and code >= 0 else None
+            if dtype is None:
                 raise ValueError(f"unknown dtype code {code!r}")
             shape = tuple(shape)
-            if not all(isinstance(d, int) and d >= 0 for d in shape) or len(shape) > 32:
+            if len(shape) > 32 or not all(type(d) is int and d >= 0 for d in shape):
                 raise ValueError(f"bad shape {shape!r}")
-        except (TypeError, ValueError) as error:
+        except (TypeError, ValueError, IndexError) as error:
+            if isinstance(error, IndexError):
+                error = ValueError(f"unknown dtype code {descriptor[0]!r}")
             raise ProtocolError(f"malformed tensor descriptor {descriptor!r:.100}: {error}") from None
-        dtype = dtype_from_code(code)
-        total += int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+        total += math.prod(shape) * dtype.itemsize
         if total > limits.max_message_bytes:
             raise ProtocolError(f"message exceeds max_message_bytes={limits.max_message_bytes}")
         shapes.append((shape, dtype))
@@ -220,8 +228,6 @@ def decode_body(
 
     def ext_hook(code: int, data: bytes) -> Any:
         if code == TENSOR_EXT:
-            if len(data) != _INDEX.size:
-                raise ValueError("bad tensor placeholder")
             (index,) = _INDEX.unpack(data)
             if index >= len(tensors):
                 raise ValueError(f"tensor placeholder {index} but only {len(tensors)} tensor frames")

@@ -209,12 +209,9 @@ class EnvServer:
                 if not self._sessions or time.monotonic() >= drain_deadline:
                     return
             if socket.poll(_POLL_MS):
-                while True:
-                    try:
-                        identity = socket.recv(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    self._handle(identity)
+                # Serve everything queued before polling again; EVENTS avoids a raised Again.
+                while socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    self._handle(socket.recv())
             now = time.monotonic()
             if now >= next_sweep:
                 next_sweep = now + 1.0

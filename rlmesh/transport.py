@@ -61,7 +61,7 @@ def receive_tensors(socket: zmq.Socket, header: Header) -> list[Tensor]:
                 f"tensor frame of {received} bytes does not match shape {shape} {dtype.name} "
                 f"({array.nbytes} bytes)"
             )
-        tensors.append(Tensor(array, _owned=True))
+        tensors.append(Tensor._wrap(array))
     if drain(socket):
         raise ProtocolError(f"more frames than the {len(header.shapes)} tensors the header announces")
     return tensors

@@ -29,14 +29,10 @@ def docker_client() -> Any:
     try:
         client = docker.from_env()
     except docker.errors.DockerException as exc:
-        raise SandboxError(
-            f"cannot reach a Docker engine ({exc}); start dockerd or set DOCKER_HOST"
-        ) from exc
+        raise SandboxError(f"cannot reach a Docker engine ({exc}); start dockerd or set DOCKER_HOST") from exc
     try:
         client.ping()
     except Exception as exc:
         client.close()
-        raise SandboxError(
-            f"the Docker engine does not answer ({exc}); start dockerd or set DOCKER_HOST"
-        ) from exc
+        raise SandboxError(f"the Docker engine does not answer ({exc}); start dockerd or set DOCKER_HOST") from exc
     return client

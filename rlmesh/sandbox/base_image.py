@@ -53,9 +53,7 @@ def debian_mirror() -> str:
     return DEFAULT_MIRROR
 
 
-def build_base_image(
-    tag: str = DEFAULT_BASE_TAG, *, mirror: str | None = None, suite: str = "bookworm"
-) -> str:
+def build_base_image(tag: str = DEFAULT_BASE_TAG, *, mirror: str | None = None, suite: str = "bookworm") -> str:
     """Build the base image unless ``tag`` exists; return the tag.
 
     Raises:
@@ -93,9 +91,7 @@ def build_base_image(
             tarball = Path(tmp) / "rootfs.tar"
             subprocess.run(["tar", "-C", str(rootfs), "-cf", str(tarball), "."], check=True)
             repository, _, version = tag.rpartition(":") if ":" in tag else (tag, "", "latest")
-            client.api.import_image(
-                src=str(tarball), repository=repository, tag=version, changes=_CHANGES
-            )
+            client.api.import_image(src=str(tarball), repository=repository, tag=version, changes=_CHANGES)
         print(f"built base image {tag}")
         return tag
     finally:

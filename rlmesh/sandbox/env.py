@@ -51,17 +51,10 @@ def _json_kwargs(kwargs: Mapping[str, Any], name: str) -> list[str]:
 
 def _check_limits(mem_limit: object, pids_limit: object, timeout: object) -> None:
     if not isinstance(mem_limit, str | int) or isinstance(mem_limit, bool):
-        raise TypeError(
-            f"mem_limit must be a str such as '2g' or an int of bytes, got {mem_limit!r}"
-        )
+        raise TypeError(f"mem_limit must be a str such as '2g' or an int of bytes, got {mem_limit!r}")
     if not isinstance(pids_limit, int) or isinstance(pids_limit, bool) or pids_limit < 1:
         raise ValueError(f"pids_limit must be a positive int, got {pids_limit!r}")
-    if (
-        not isinstance(timeout, int | float)
-        or isinstance(timeout, bool)
-        or not math.isfinite(timeout)
-        or timeout <= 0
-    ):
+    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not math.isfinite(timeout) or timeout <= 0:
         raise ValueError(f"connect_timeout_seconds must be a positive number, got {timeout!r}")
 
 
@@ -106,8 +99,7 @@ class _SandboxSession(Generic[ObsT, ActT]):
         client_class = getattr(type(self), "client_class", None)
         if client_class is None:
             raise TypeError(
-                f"{type(self).__name__} has no client_class; use a concrete class such as "
-                "rlmesh.numpy.SandboxEnv"
+                f"{type(self).__name__} has no client_class; use a concrete class such as rlmesh.numpy.SandboxEnv"
             )
         self._source = parsed
         self._finalizer: weakref.finalize | None = None
@@ -136,9 +128,7 @@ class _SandboxSession(Generic[ObsT, ActT]):
             docker.close()
             raise
         self._started = started
-        self._finalizer = weakref.finalize(
-            self, _cleanup, docker, started.container_id, started.socket_dir
-        )
+        self._finalizer = weakref.finalize(self, _cleanup, docker, started.container_id, started.socket_dir)
         try:
             self.client = client_class(
                 started.address,
@@ -290,9 +280,7 @@ class SandboxEnvBase(_SandboxSession[ObsT, ActT]):
         pids_limit: int = DEFAULT_PIDS_LIMIT,
         **gym_make_kwargs: Any,
     ) -> None:
-        parsed = parse_source(
-            source, trust_remote_code=trust_remote_code, allow_unpinned_hf=allow_unpinned_hf
-        )
+        parsed = parse_source(source, trust_remote_code=trust_remote_code, allow_unpinned_hf=allow_unpinned_hf)
         options = _json_kwargs(gym_make_kwargs, "gym_make_kwargs")
         _check_limits(mem_limit, pids_limit, connect_timeout_seconds)
         self._start(
@@ -340,18 +328,14 @@ class SandboxVectorEnvBase(_SandboxSession[ObsT, ActT]):
         pids_limit: int = DEFAULT_PIDS_LIMIT,
         **env_make_kwargs: Any,
     ) -> None:
-        parsed = parse_source(
-            source, trust_remote_code=trust_remote_code, allow_unpinned_hf=allow_unpinned_hf
-        )
+        parsed = parse_source(source, trust_remote_code=trust_remote_code, allow_unpinned_hf=allow_unpinned_hf)
         if not isinstance(num_envs, int) or isinstance(num_envs, bool) or num_envs < 2:
             raise ValueError(
                 f"num_envs must be an int >= 2 for SandboxVectorEnv, got {num_envs!r}; "
                 "use SandboxEnv for a single environment"
             )
         if vectorization_mode not in VECTORIZATION_MODES:
-            raise ValueError(
-                f"vectorization_mode must be 'sync' or 'async', got {vectorization_mode!r}"
-            )
+            raise ValueError(f"vectorization_mode must be 'sync' or 'async', got {vectorization_mode!r}")
         options = [
             "--num-envs",
             str(num_envs),

@@ -32,6 +32,7 @@ from typing import Any
 from rlmesh._version import __version__
 from rlmesh.errors import SandboxError
 from rlmesh.sandbox._docker import docker_module
+from rlmesh.sandbox._templates import CHECK_IMPORTS, HF_FETCH, HF_SHIM
 from rlmesh.sandbox.pipconfig import PipSettings, host_pip_settings
 from rlmesh.sandbox.sources import HF_DIR, HF_SHIM_MODULE, SRC_DIR, SandboxSource
 
@@ -124,19 +125,13 @@ def _local_files(root: Path) -> list[Path]:
     for name in ("pyproject.toml", "setup.py", "setup.cfg", "MANIFEST.in"):
         if (root / name).is_file():
             files.append(root / name)
-    files += [
-        p
-        for p in root.iterdir()
-        if p.is_file() and p.name.upper().startswith(("README", "LICENSE"))
-    ]
+    files += [p for p in root.iterdir() if p.is_file() and p.name.upper().startswith(("README", "LICENSE"))]
     for d in sorted(dirs):
         for path in sorted((root / d).rglob("*")):
             rel = path.relative_to(root)
             if (
                 path.is_file()
-                and not any(
-                    part == "__pycache__" or part.endswith(".egg-info") for part in rel.parts
-                )
+                and not any(part == "__pycache__" or part.endswith(".egg-info") for part in rel.parts)
                 and path.suffix not in (".pyc", ".pyo")
             ):
                 files.append(path)
@@ -203,71 +198,6 @@ def _build_local_wheel(root: Path, out_dir: Path) -> Path:
 
 # --------------------------------------------------------------------------- build context
 
-_CHECK_IMPORTS = '''\
-"""Import every module named on the command line; fail with its name and error."""
-import importlib
-import sys
-import traceback
-
-failed = []
-for name in sys.argv[1:]:
-    try:
-        importlib.import_module(name)
-    except BaseException:
-        failed.append(name)
-        print(f"rlmesh sandbox: cannot import {name!r}:", file=sys.stderr)
-        traceback.print_exc()
-if failed:
-    print("rlmesh sandbox: import check failed for: " + ", ".join(failed), file=sys.stderr)
-    sys.exit(1)
-print("rlmesh sandbox: imports ok: " + ", ".join(sys.argv[1:]))
-'''
-
-_HF_FETCH = '''\
-"""Download a Hugging Face repository snapshot at build time (the container has no network)."""
-import sys
-
-from huggingface_hub import snapshot_download
-
-repo, revision, target = sys.argv[1], sys.argv[2] or None, sys.argv[3]
-snapshot_download(repo_id=repo, revision=revision, local_dir=target)
-print(f"rlmesh sandbox: fetched {repo}@{revision or 'HEAD'} into {target}")
-'''
-
-_HF_SHIM = '''\
-"""Entry point for a Hugging Face EnvHub source: env.py's make_env()[suite][task]."""
-import importlib.util
-import os
-import sys
-
-HF_DIR = {hf_dir!r}
-SUITE = {suite!r}
-TASK = {task!r}
-
-
-def _select(mapping, key):
-    if key in mapping:
-        return mapping[key]
-    for candidate in mapping:
-        if str(candidate) == key:
-            return mapping[candidate]
-    raise KeyError(f"{{key!r}} not found; available: {{sorted(map(str, mapping))}}")
-
-
-def make_env(**kwargs):
-    """Create the EnvHub environment selected by suite/task (one instance)."""
-    sys.path.insert(0, HF_DIR)
-    spec = importlib.util.spec_from_file_location("_rlmesh_hf_env", os.path.join(HF_DIR, "env.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    result = module.make_env(n_envs=1, **kwargs)
-    env = _select(_select(result, SUITE), TASK) if isinstance(result, dict) else result
-    inner = getattr(env, "envs", None)
-    if inner is not None and len(inner) == 1:
-        return inner[0]
-    return env
-'''
-
 
 @dataclass
 class _Context:
@@ -317,7 +247,7 @@ def _render(
     imports: Sequence[str],
     pip: PipSettings,
 ) -> _Context:
-    files: dict[str, bytes] = {"build/check_imports.py": _CHECK_IMPORTS.encode()}
+    files: dict[str, bytes] = {"build/check_imports.py": CHECK_IMPORTS.encode()}
     cert = None
     if pip.cert_path is not None:
         files["build/ca-certificates.pem"] = pip.cert_path.read_bytes()
@@ -337,14 +267,14 @@ def _render(
     if packages:
         lines.append(f"RUN {pip_install} {shlex.join(packages)}")
     if source.kind == "hf":
-        files["build/hf_fetch.py"] = _HF_FETCH.encode()
+        files["build/hf_fetch.py"] = HF_FETCH.encode()
         env = f"REQUESTS_CA_BUNDLE={cert} SSL_CERT_FILE={cert} " if cert else ""
         fetch = shlex.join([source.hf_repo or "", source.hf_revision or "", HF_DIR])
         lines.append(f"RUN {pip_install} huggingface_hub")
         lines.append(f"RUN {env}{VENV}/bin/python {BUILD_DIR}/hf_fetch.py {fetch}")
     context = _Context(dockerfile="", files=files)
     if source.kind == "hf":
-        shim = _HF_SHIM.format(hf_dir=HF_DIR, suite=source.hf_suite, task=source.hf_task)
+        shim = HF_SHIM.format(hf_dir=HF_DIR, suite=source.hf_suite, task=source.hf_task)
         files[f"src/{HF_SHIM_MODULE}.py"] = shim.encode()
     if source.kind == "py" and source.local_path is not None:
         context.add_tree("src", source.local_path)
@@ -495,8 +425,6 @@ def _run_build(
         if pip.notes and "pip install" in step:
             hints.append("pip settings not forwarded: " + "; ".join(pip.notes))
         hint = "".join(f"\nhint: {h}" for h in hints)
-        raise SandboxBuildError(
-            f"sandbox image build failed at {step}\n{tail}\nerror: {error}{hint}"
-        )
+        raise SandboxBuildError(f"sandbox image build failed at {step}\n{tail}\nerror: {error}{hint}")
     assert image_id is not None
     return image_id

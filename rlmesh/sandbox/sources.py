@@ -81,9 +81,7 @@ def _unknown(source: str, why: str) -> ValueError:
     return ValueError(f"unsupported sandbox source {source!r}: {why}. Accepted forms: {forms}")
 
 
-def parse_source(
-    source: str, *, trust_remote_code: bool = False, allow_unpinned_hf: bool = False
-) -> SandboxSource:
+def parse_source(source: str, *, trust_remote_code: bool = False, allow_unpinned_hf: bool = False) -> SandboxSource:
     """Validate ``source`` and return what the image build and the server need.
 
     Args:
@@ -197,8 +195,7 @@ def _locate(source: str, location: str) -> tuple[Path, str]:
     spec = importlib.machinery.PathFinder.find_spec(top, [str(Path.cwd()), *sys.path])
     if spec is None or spec.origin in (None, "built-in", "frozen"):
         raise FileNotFoundError(
-            f"local sandbox source {source!r}: module {top!r} was not found on sys.path "
-            "or in the working directory"
+            f"local sandbox source {source!r}: module {top!r} was not found on sys.path or in the working directory"
         )
     if spec.submodule_search_locations:
         return Path(next(iter(spec.submodule_search_locations))).resolve(), location

@@ -116,9 +116,7 @@ def test_nested_observations_and_actions(serve: Callable[..., EnvServer]) -> Non
         assert isinstance(obs["position"], jax.Array) and isinstance(obs["pair"], tuple)
         action = {"move": jnp.array([0.25, -0.5], jnp.float32), "jump": jnp.int32(1)}
         obs, reward, *_ = env.step(action)
-        expected, local_reward, *_ = local.step(
-            {"move": np.array([0.25, -0.5], np.float32), "jump": 1}
-        )
+        expected, local_reward, *_ = local.step({"move": np.array([0.25, -0.5], np.float32), "jump": 1})
         _assert_tree_equal(obs, expected)
         assert reward == local_reward
 
@@ -191,13 +189,9 @@ def test_invalid_actions_fail_locally_with_the_leaf_path(serve: Callable[..., En
     server = serve(DictTupleEnv)
     with rj.RemoteEnv(server.address) as env:
         env.reset(seed=0)
-        with pytest.raises(
-            InvalidActionError, match=r"action\['move'\]: expected an array of shape \(2,\)"
-        ):
+        with pytest.raises(InvalidActionError, match=r"action\['move'\]: expected an array of shape \(2,\)"):
             env.step({"move": jnp.zeros(3), "jump": 1})
-        with pytest.raises(
-            InvalidActionError, match=r"action\['jump'\]: expected an integer in \[0, 2\)"
-        ):
+        with pytest.raises(InvalidActionError, match=r"action\['jump'\]: expected an integer in \[0, 2\)"):
             env.step({"move": jnp.zeros(2), "jump": 2})
         env.step({"move": jnp.zeros(2), "jump": 1})  # the session is still usable
 

@@ -145,12 +145,13 @@ def test_gym_scheme_and_make_kwargs(sandbox_image: str) -> None:
             assert truncated == (step == 5), f"step {step}"
 
 
-def test_vector_env_three_lanes(sandbox_image: str) -> None:
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_vector_env_three_lanes(mode: str, sandbox_image: str) -> None:
     import gymnasium as gym
 
     local = gym.make_vec("CartPole-v1", num_envs=3, vectorization_mode="sync")
     try:
-        with SandboxVectorEnv("CartPole-v1", 3, "sync", **OPTS) as env:
+        with SandboxVectorEnv("CartPole-v1", 3, mode, **OPTS) as env:
             assert env.num_envs == 3
             obs, _ = env.reset(seed=7)
             expected, _ = local.reset(seed=7)
@@ -234,20 +235,22 @@ def test_local_py_source_serves(tmp_path: Path, sandbox_image: str) -> None:
         assert truncated
 
 
-def test_second_start_reuses_cached_image(sandbox_image: str) -> None:
-    # The session fixture built this spec; a source edit in the checkout between the two
-    # starts (rlmesh_package="local" hashes it) would legitimately make the first one build.
+def test_second_start_reuses_cached_image(tmp_path: Path, sandbox_image: str) -> None:
+    # A wheel frozen now, so edits to the checkout during the run cannot change the spec
+    # (rlmesh_package="local" hashes the live sources).
+    from rlmesh.sandbox.image import _build_local_wheel, _checkout_root
+
+    wheel = _build_local_wheel(_checkout_root(), tmp_path)
+    opts = {**OPTS, "rlmesh_package": str(wheel)}
     timings: list[tuple[bool, float, float]] = []
     images: list[str] = []
     for attempt in (1, 2):
         started = time.perf_counter()
-        with SandboxEnv("CartPole-v1", **OPTS) as env:
+        with SandboxEnv("CartPole-v1", **opts) as env:
             timings.append((env.image_cached, env.image_seconds, time.perf_counter() - started))
             images.append(env.image)
-        print(
-            f"\nstart {attempt}: cached={timings[-1][0]} image={timings[-1][1]:.2f}s "
-            f"ready={timings[-1][2]:.2f}s"
-        )
+            env.reset(seed=0)
+        print(f"\nstart {attempt}: cached={timings[-1][0]} image={timings[-1][1]:.2f}s ready={timings[-1][2]:.2f}s")
     assert images[0] == images[1]
     assert timings[1][0], "the second start of the same spec must reuse the cached image"
 
@@ -282,9 +285,7 @@ def test_ctrl_c_and_exit_remove_container(docker_client: Any) -> None:
         time.sleep(120)
         """
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         container_id = proc.stdout.readline().strip()
@@ -317,3 +318,10 @@ def test_orphans_of_dead_processes_are_reaped(docker_client: Any, sandbox_image:
     finally:
         with contextlib.suppress(Exception):
             orphan.remove(force=True)
+
+
+def test_default_rlmesh_package_failure_says_local(sandbox_image: str) -> None:
+    # The default installs rlmesh==<host version> from the index, where this version is absent.
+    opts = {**OPTS, "rlmesh_package": None}
+    with pytest.raises(SandboxBuildError, match='rlmesh_package="local"'):
+        SandboxEnv("CartPole-v1", **opts)

@@ -29,9 +29,7 @@ NESTED = SpaceSpec(
         "spaces": {
             "arm": ARM,
             "grip": DISCRETE,
-            "more": SpaceSpec(
-                "tuple", (), None, {"spaces": [TEXT, SpaceSpec("multi_binary", (2,))]}
-            ),
+            "more": SpaceSpec("tuple", (), None, {"spaces": [TEXT, SpaceSpec("multi_binary", (2,))]}),
         }
     },
 )
@@ -82,9 +80,7 @@ def test_accepts_jax_values() -> None:
     make_action_checker(BOX)(jnp.ones(4, jnp.int32))  # integer values fit a float Box
     make_action_checker(DISCRETE)(jnp.int32(4))
     make_action_checker(DISCRETE, num_envs=2)(jnp.array([2, 4], jnp.int32))
-    make_action_checker(NESTED)(
-        {"arm": jnp.array([0.5, -2.0, 3.0]), "grip": 2, "more": ("ab", jnp.array([0, 1]))}
-    )
+    make_action_checker(NESTED)({"arm": jnp.array([0.5, -2.0, 3.0]), "grip": 2, "more": ("ab", jnp.array([0, 1]))})
     make_action_checker(BOX)(Tensor.from_numpy(np.zeros(4, np.float32)))
     make_action_checker(BOX)([0.0, 0.5, 1.0, -1.0])  # gymnasium accepts sequences too
 
@@ -109,13 +105,9 @@ def test_box_refusals() -> None:
 
 
 def test_unbounded_and_half_bounded_boxes() -> None:
-    check = make_action_checker(
-        SpaceSpec("box", (2,), "float32", {"low": -math.inf, "high": math.inf})
-    )
+    check = make_action_checker(SpaceSpec("box", (2,), "float32", {"low": -math.inf, "high": math.inf}))
     check(np.array([1e30, -1e30], np.float32))
-    half = make_action_checker(
-        SpaceSpec("box", (2,), "float32", {"low": [0.0, -math.inf], "high": math.inf})
-    )
+    half = make_action_checker(SpaceSpec("box", (2,), "float32", {"low": [0.0, -math.inf], "high": math.inf}))
     half(np.array([0.0, -1e30]))
     assert "out of bounds" in _message(half, np.array([-1.0, 0.0]))
 
@@ -127,6 +119,13 @@ def test_large_boxes_use_vectorised_bounds() -> None:
     big[10, 10] = 201
     assert "out of bounds" in _message(check, big)
     assert "found float32" in _message(check, np.zeros((64, 64), np.float32))
+    full_range = make_action_checker(SpaceSpec("box", (64, 64), "uint8", {"low": 0, "high": 255}))
+    full_range(np.full((64, 64), 255, np.uint8))  # every uint8 fits: no scan needed
+    assert "out of bounds" in _message(full_range, np.full((64, 64), 256, np.int32))
+    floats = make_action_checker(SpaceSpec("box", (64,), "float32", {"low": -1.0, "high": 1.0}))
+    nan = np.zeros(64, np.float32)
+    nan[7] = np.nan
+    assert "out of bounds" in _message(floats, nan)
 
 
 def test_discrete_refusals() -> None:
@@ -148,9 +147,7 @@ def test_batched_refusals_name_the_batch() -> None:
 
 
 def test_multi_discrete_multi_binary_and_text() -> None:
-    md = make_action_checker(
-        SpaceSpec("multi_discrete", (2,), "int64", {"nvec": [2, 3], "start": [0, 1]})
-    )
+    md = make_action_checker(SpaceSpec("multi_discrete", (2,), "int64", {"nvec": [2, 3], "start": [0, 1]}))
     md(np.array([1, 3]))
     assert "out of bounds" in _message(md, np.array([1, 4]))
     assert "found float64" in _message(md, np.array([1.0, 2.0]))
@@ -170,19 +167,13 @@ def test_nested_paths() -> None:
     check(good)
     assert _message(check, {**good, "arm": np.array([0.0, 2.5, 0.0])}).startswith("action['arm']: ")
     assert _message(check, {**good, "grip": 7}).startswith("action['grip']: ")
-    assert _message(check, {**good, "more": ("z", np.array([0, 1]))}).startswith(
-        "action['more'][0]: "
-    )
-    assert _message(check, {**good, "more": ("a", np.array([0, 3]))}).startswith(
-        "action['more'][1]: "
-    )
+    assert _message(check, {**good, "more": ("z", np.array([0, 1]))}).startswith("action['more'][0]: ")
+    assert _message(check, {**good, "more": ("a", np.array([0, 3]))}).startswith("action['more'][1]: ")
     missing = _message(check, {"arm": good["arm"], "grip": 2})
     assert "missing ['more']" in missing
     extra = _message(check, {**good, "oops": 1})
     assert "unexpected ['oops']" in extra
-    assert "a tuple of 2 values, found a tuple of 1 values" in _message(
-        check, {**good, "more": ("a",)}
-    )
+    assert "a tuple of 2 values, found a tuple of 1 values" in _message(check, {**good, "more": ("a",)})
     assert "found NoneType" in _message(check, {**good, "grip": None})
     assert "expected a dict" in _message(check, [1, 2, 3])
 

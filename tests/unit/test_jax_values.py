@@ -41,9 +41,7 @@ def _values(dtype: str, shape: tuple[int, ...] = (3, 5)) -> np.ndarray:
 # -- version floor -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "found", ["0.4.24", "0.4.24.dev20240101", "0.4.30", "0.5.0rc1", "0.10.2", "1.0"]
-)
+@pytest.mark.parametrize("found", ["0.4.24", "0.4.24.dev20240101", "0.4.30", "0.5.0rc1", "0.10.2", "1.0"])
 def test_supported_versions_pass(found: str) -> None:
     check_jax_version(found)
 
@@ -92,9 +90,7 @@ def test_import_without_jax_fails_only_on_use() -> None:
         """
     )
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
-    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
 
@@ -264,9 +260,7 @@ def test_space_from_spec_nested_spaces() -> None:
         {
             "spaces": {
                 "d": SpaceSpec("discrete", (), "int64", {"n": 3, "start": 1}),
-                "t": SpaceSpec(
-                    "tuple", (), None, {"spaces": [SpaceSpec("multi_binary", (4,), "int8")]}
-                ),
+                "t": SpaceSpec("tuple", (), None, {"spaces": [SpaceSpec("multi_binary", (4,), "int8")]}),
             }
         },
     )

@@ -131,3 +131,17 @@ def test_pip_settings_skip_local_indexes(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert settings.cert_path == cert
     assert any("file:///opt/x" in note for note in settings.notes)
     assert "--cert" in settings.pip_args("/opt/rlmesh-build/ca.pem")
+
+
+def test_missing_docker_sdk_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rlmesh.sandbox._docker import docker_client
+
+    monkeypatch.setitem(sys.modules, "docker", None)  # as if the SDK were not installed
+    with pytest.raises(ImportError, match=r'pip install "rlmesh\[sandbox\]"'):
+        docker_client()
+
+
+def test_debian_mirror_is_a_url() -> None:
+    from rlmesh.sandbox.base_image import debian_mirror
+
+    assert "://" in debian_mirror()

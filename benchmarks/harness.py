@@ -1,0 +1,124 @@
+"""Shared benchmark plumbing: server subprocesses, a raw pyzmq echo peer, timing, reporting."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = Path(__file__).parent / "results"
+REPO_ROOT = Path(__file__).parent.parent
+
+RAW_ECHO_SERVER = r"""
+import sys, zmq
+ctx = zmq.Context()
+sock = ctx.socket(zmq.ROUTER)
+port = sock.bind_to_random_port("tcp://127.0.0.1")
+print(port, flush=True)
+payload = None
+while True:
+    frames = sock.recv_multipart(copy=False)
+    if frames[1].bytes == b"stop":
+        break
+    if payload is None or len(frames) > 2:
+        payload = frames[1:]
+    sock.send_multipart([frames[0], *payload], copy=False)
+"""
+
+
+@contextlib.contextmanager
+def rlmesh_server(source: str, *args: str, pythonpath: Sequence[str] = ()) -> Iterator[str]:
+    """Run ``python -m rlmesh serve`` in a subprocess; yields its bound address."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ready = Path(tmp) / "ready"
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([*pythonpath, str(REPO_ROOT)]))
+        process = subprocess.Popen(
+            [sys.executable, "-m", "rlmesh", "serve", source, *args, "--ready-file", str(ready), "--quiet"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while not ready.exists():
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"rlmesh serve {source} failed: {process.stderr.read().decode() if process.stderr else ''}")
+                time.sleep(0.02)
+            yield ready.read_text().strip()
+        finally:
+            process.terminate()
+            process.wait(10)
+            if process.stderr:
+                process.stderr.close()
+
+
+@contextlib.contextmanager
+def raw_echo_server() -> Iterator[str]:
+    """A bare pyzmq ROUTER in a subprocess that echoes each message: the stack's floor."""
+    process = subprocess.Popen([sys.executable, "-c", RAW_ECHO_SERVER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        yield f"tcp://127.0.0.1:{int(process.stdout.readline())}"
+    finally:
+        process.kill()
+        process.wait(10)
+        if process.stdout:
+            process.stdout.close()
+
+
+def time_calls(call: Callable[[], Any], *, iterations: int, warmup: int = 50) -> dict[str, float]:
+    """Per-call wall time in microseconds: median, mean, p90, and calls per second."""
+    for _ in range(warmup):
+        call()
+    samples = []
+    clock = time.perf_counter_ns
+    for _ in range(iterations):
+        start = clock()
+        call()
+        samples.append((clock() - start) / 1000)
+    samples.sort()
+    return {
+        "median_us": statistics.median(samples),
+        "mean_us": statistics.fmean(samples),
+        "p90_us": samples[int(0.9 * (len(samples) - 1))],
+        "per_s": 1e6 / statistics.fmean(samples),
+        "iterations": iterations,
+    }
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    return {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine()}
+
+
+def print_table(title: str, rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
+    """Print rows as an aligned text table."""
+    cells = [[_fmt(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    print(f"\n{title}")
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    print("  ".join("-" * w for w in widths))
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.1f}" if abs(value) >= 10 else f"{value:.2f}"
+    return str(value)
+
+
+def write_json(name: str, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` (with machine info) to benchmarks/results/NAME.json."""
+    RESULTS_DIR.mkdir(exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    path.write_text(json.dumps({"machine": machine(), **payload}, indent=2, default=float))
+    return path

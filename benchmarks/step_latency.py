@@ -1,0 +1,196 @@
+"""Step round trip and vector throughput, against the floor and peers measured in the same run.
+
+Measures, with the env server in a separate process:
+  * one CartPole ``step`` round trip over tcp loopback and over a unix socket;
+  * a raw pyzmq DEALER/ROUTER round trip of a ~100-byte msgpack message (this stack's floor);
+  * an in-process ``gymnasium`` CartPole step;
+  * a 16-lane vector endpoint's env-steps per second against an in-process SyncVectorEnv(16);
+  * the original RLMesh 0.1.0 (PyPI), from its own venv, when it can be installed.
+
+Targets (issue 2): step within 1.5x of the raw floor; 16 lanes at >= 50% of in-process.
+
+Usage: python benchmarks/step_latency.py [--iterations 3000] [--skip-original]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+import msgpack
+import numpy as np
+import zmq
+
+sys.path.insert(0, str(Path(__file__).parent))
+import harness  # noqa: E402
+import original_rlmesh  # noqa: E402
+
+import rlmesh.numpy as rn  # noqa: E402
+
+ORIGINAL_SCRIPT = r"""
+import json, sys, time, multiprocessing as mp
+def serve(q, lanes):
+    import gymnasium as gym, rlmesh
+    env = gym.make("CartPole-v1") if lanes == 0 else gym.make_vec("CartPole-v1", num_envs=lanes, vectorization_mode="sync")
+    s = rlmesh.EnvServer(env, "tcp://127.0.0.1:0")
+    q.put(s.address)
+    s.serve()
+def measure(lanes, iterations):
+    import numpy as np, rlmesh.numpy as rn
+    q = mp.Queue(); p = mp.Process(target=serve, args=(q, lanes), daemon=True); p.start()
+    addr = q.get(timeout=120)
+    env = (rn.RemoteEnv if lanes == 0 else rn.RemoteVectorEnv)(addr)
+    env.reset(seed=0)
+    action = 0 if lanes == 0 else np.zeros(lanes, dtype=np.int64)
+    for _ in range(20):
+        out = env.step(action)
+        if lanes == 0 and (out[2] or out[3]): env.reset()
+    t = time.perf_counter()
+    for _ in range(iterations):
+        out = env.step(action)
+        if lanes == 0 and (out[2] or out[3]): env.reset()
+    per = (time.perf_counter() - t) / iterations
+    p.kill()
+    return per
+if __name__ == "__main__":
+    it = int(sys.argv[1])
+    single = measure(0, it)
+    vector = measure(16, max(100, it // 4))
+    print(json.dumps({"step_us": single * 1e6, "vector16_env_steps_per_s": 16 / vector}))
+"""
+
+
+def raw_floor(address: str, iterations: int) -> dict[str, float]:
+    socket = zmq.Context.instance().socket(zmq.DEALER)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.connect(address)
+    message = {"op": "step", "id": 1, "action": 1, "observation": [0.1, 0.2, 0.3, 0.4], "reward": 1.0,
+               "terminated": False, "truncated": False, "info": {}}
+
+    def round_trip() -> None:
+        socket.send(msgpack.packb(message))
+        msgpack.unpackb(socket.recv())
+
+    try:
+        stats = harness.time_calls(round_trip, iterations=iterations)
+    finally:
+        socket.send(b"stop")
+        socket.close()
+    stats["message_bytes"] = len(msgpack.packb(message))
+    return stats
+
+
+def remote_single(address: str, iterations: int) -> dict[str, float]:
+    with rn.RemoteEnv(address) as env:
+        env.reset(seed=0)
+        state = {"t": 0}
+
+        def step() -> None:
+            state["t"] += 1
+            _, _, terminated, truncated, _ = env.step(state["t"] & 1)
+            if terminated or truncated:
+                env.reset()
+
+        return harness.time_calls(step, iterations=iterations)
+
+
+def local_single(iterations: int) -> dict[str, float]:
+    env = gym.make("CartPole-v1")
+    env.reset(seed=0)
+    state = {"t": 0}
+
+    def step() -> None:
+        state["t"] += 1
+        _, _, terminated, truncated, _ = env.step(state["t"] & 1)
+        if terminated or truncated:
+            env.reset()
+
+    stats = harness.time_calls(step, iterations=iterations)
+    env.close()
+    return stats
+
+
+def vector_throughput(env: object, iterations: int, lanes: int) -> dict[str, float]:
+    env.reset(seed=0)  # type: ignore[attr-defined]
+    rng = np.random.default_rng(0)
+    actions = rng.integers(0, 2, (64, lanes))
+    state = {"t": 0}
+
+    def step() -> None:
+        state["t"] += 1
+        env.step(actions[state["t"] % 64])  # type: ignore[attr-defined]
+
+    stats = harness.time_calls(step, iterations=iterations, warmup=20)
+    stats["env_steps_per_s"] = lanes * stats["per_s"]
+    return stats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--iterations", type=int, default=3000)
+    parser.add_argument("--lanes", type=int, default=16)
+    parser.add_argument("--skip-original", action="store_true", help="do not build or run the original rlmesh")
+    args = parser.parse_args()
+    n = args.iterations
+
+    with harness.raw_echo_server() as address:
+        floor = raw_floor(address, n)
+    with harness.rlmesh_server("CartPole-v1") as address:
+        tcp = remote_single(address, n)
+    unix_path = Path(f"/tmp/rlmesh-bench-{np.random.default_rng().integers(1 << 30)}.sock")
+    with harness.rlmesh_server("CartPole-v1", "--address", f"unix://{unix_path}") as address:
+        unix = remote_single(address, n)
+    local = local_single(n)
+    lanes = args.lanes
+    with harness.rlmesh_server("CartPole-v1", "--num-envs", str(lanes)) as address, rn.RemoteVectorEnv(address) as env:
+        remote_vec = vector_throughput(env, max(200, n // 4), lanes)
+    local_env = gym.make_vec("CartPole-v1", num_envs=lanes, vectorization_mode="sync")
+    local_vec = vector_throughput(local_env, max(200, n // 4), lanes)
+    local_env.close()
+    original = None if args.skip_original else original_rlmesh.run_script(ORIGINAL_SCRIPT, str(min(n, 1000)))
+
+    floor_us = floor["median_us"]
+    rows = [
+        {"measurement": "raw pyzmq round trip (~100 B msgpack)", "median_us": floor_us, "mean_us": floor["mean_us"],
+         "x_floor": 1.0},
+        {"measurement": "rlmesh CartPole step, tcp loopback", "median_us": tcp["median_us"], "mean_us": tcp["mean_us"],
+         "x_floor": tcp["median_us"] / floor_us},
+        {"measurement": "rlmesh CartPole step, unix socket", "median_us": unix["median_us"],
+         "mean_us": unix["mean_us"], "x_floor": unix["median_us"] / floor_us},
+        {"measurement": "in-process gymnasium step", "median_us": local["median_us"], "mean_us": local["mean_us"],
+         "x_floor": local["median_us"] / floor_us},
+    ]
+    if original:
+        rows.append({"measurement": "original rlmesh 0.1.0 step, tcp (mean)", "median_us": "",
+                     "mean_us": original["step_us"], "x_floor": original["step_us"] / floor_us})
+    harness.print_table("Step round trip (server in another process)", rows,
+                        ["measurement", "median_us", "mean_us", "x_floor"])
+    vec_rows = [
+        {"measurement": f"in-process SyncVectorEnv({lanes})", "env_steps_per_s": local_vec["env_steps_per_s"],
+         "x_in_process": 1.0},
+        {"measurement": f"rlmesh {lanes}-lane vector endpoint, tcp", "env_steps_per_s": remote_vec["env_steps_per_s"],
+         "x_in_process": remote_vec["env_steps_per_s"] / local_vec["env_steps_per_s"]},
+    ]
+    if original:
+        vec_rows.append({"measurement": f"original rlmesh 0.1.0, {lanes} lanes",
+                         "env_steps_per_s": original["vector16_env_steps_per_s"],
+                         "x_in_process": original["vector16_env_steps_per_s"] / local_vec["env_steps_per_s"]})
+    harness.print_table("Vector throughput", vec_rows, ["measurement", "env_steps_per_s", "x_in_process"])
+    verdict = {
+        "step_within_1.5x_floor": tcp["median_us"] <= 1.5 * floor_us,
+        "vector_at_least_50pct_in_process": remote_vec["env_steps_per_s"] >= 0.5 * local_vec["env_steps_per_s"],
+    }
+    print(f"\ntargets: {verdict}")
+    path = harness.write_json("step_latency", {
+        "command": "python benchmarks/step_latency.py " + " ".join(sys.argv[1:]),
+        "raw_floor": floor, "tcp": tcp, "unix": unix, "in_process": local,
+        "vector_remote": remote_vec, "vector_in_process": local_vec, "original_rlmesh_0_1_0": original,
+        "targets": verdict,
+    })
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
