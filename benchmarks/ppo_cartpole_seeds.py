@@ -41,17 +41,21 @@ def run_one(mode: str, seed: int, out_dir: Path, extra: list[str]) -> dict[str, 
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    """A markdown table: seed, mode, wall time, steps/s, steps to 475, final eval return."""
-    lines = ["| seed | mode | wall time (s) | env steps/s | steps to 475 | env steps | "
-             "final eval return (20 seeds) |", "|---|---|---|---|---|---|---|"]
+    """A markdown table per run; wall time is the whole process (server start, jit, eval).
+
+    env steps/s counts training steps over training time (without early-stop evaluations).
+    """
+    lines = ["| seed | mode | wall time (s) | env steps/s | steps to 475 | env steps trained | "
+             "stopped early | final eval return (20 seeds) |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['seed']} | {r['mode']} | failed | | | | |")
+            lines.append(f"| {r['seed']} | {r['mode']} | failed | | | | | |")
             continue
         lines.append(
             f"| {r['seed']} | {r['mode']} | {r['process_wall_s']:.1f} | {r['sps']:,.0f} | "
             f"{r['steps_to_475'] if r['steps_to_475'] is not None else 'never'} | "
-            f"{r['env_steps']:,} | {r['final_eval_mean']:.1f} |")
+            f"{r['env_steps']:,} | {'yes' if r['stopped_early'] else 'no'} | "
+            f"{r['final_eval_mean']:.1f} |")
     for mode in dict.fromkeys(r["mode"] for r in rows):
         ok = [r for r in rows if r["mode"] == mode and "error" not in r]
         solved = sum(r["final_eval_mean"] >= 475 for r in ok)

@@ -304,6 +304,7 @@ def train(args: Args) -> dict[str, Any]:
         history: list[dict[str, Any]] = []
         checks: list[dict[str, float]] = []
         env_steps, steps_to_475, last_check, stopped_early = 0, None, -args.check_every, False
+        eval_time = 0.0
         t_train = time.perf_counter()
         bar = tqdm(total=num_iterations * batch_size, unit="step", unit_scale=True,
                    disable=not args.progress, dynamic_ncols=True)
@@ -318,7 +319,7 @@ def train(args: Args) -> dict[str, Any]:
             recent_return = float(np.mean(recent)) if recent else None
             if steps_to_475 is None and recent_return is not None and recent_return >= 475.0:
                 steps_to_475 = env_steps
-            elapsed = time.perf_counter() - t_train
+            elapsed = time.perf_counter() - t_train - eval_time
             row = {"iteration": it + 1, "env_steps": env_steps, "time_s": elapsed,
                    "sps": env_steps / elapsed, "recent_return": recent_return,
                    **{k: float(v) for k, v in metrics.items()}}
@@ -330,7 +331,9 @@ def train(args: Args) -> dict[str, Any]:
                     and recent_return >= args.check_return and it - last_check >= args.check_every
                     and it + 1 < num_iterations):
                 last_check = it
+                t_eval = time.perf_counter()
                 score = float(np.mean(run_eval(state.params)))
+                eval_time += time.perf_counter() - t_eval
                 checks.append({"env_steps": env_steps, "eval_return": score})
                 if score >= args.stop_return:
                     stopped_early = True
@@ -339,7 +342,7 @@ def train(args: Args) -> dict[str, Any]:
                 cstate = initial_state(obs, cstate.key, cstate.env_state)
                 running, lengths = jnp.zeros_like(running), jnp.zeros_like(lengths)
         bar.close()
-        train_time = time.perf_counter() - t_train
+        train_time = time.perf_counter() - t_train - eval_time
         final_returns = run_eval(state.params)
 
     (out_dir / "params.msgpack").write_bytes(flax.serialization.to_bytes(state.params))
@@ -348,6 +351,7 @@ def train(args: Args) -> dict[str, Any]:
         "seed": args.seed,
         "env_steps": env_steps,
         "train_time_s": train_time,
+        "early_stop_eval_time_s": eval_time,
         "wall_time_s": time.perf_counter() - t_start,
         "sps": env_steps / train_time,
         "steps_to_475": steps_to_475,
