@@ -12,19 +12,10 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
 
 import numpy as np
 
-import rlmesh.numpy
-from rlmesh.sandbox import SandboxEnvBase
-
-try:
-    from rlmesh.numpy import SandboxEnv  # type: ignore[attr-defined]
-except ImportError:  # older checkouts: the concrete class is a one-liner
-
-    class SandboxEnv(SandboxEnvBase[Any, Any]):  # type: ignore[no-redef]
-        client_class = rlmesh.numpy.RemoteEnv
+from rlmesh.numpy import SandboxEnv
 
 
 def main() -> None:

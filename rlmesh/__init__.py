@@ -20,7 +20,8 @@ from rlmesh.errors import (
     RLMeshError,
     SandboxError,
 )
-from rlmesh.plain import RemoteEnv, RemoteVectorEnv
+from rlmesh.plain import RemoteEnv, RemoteVectorEnv, SandboxEnv, SandboxVectorEnv
+from rlmesh.sandbox import SandboxBuildError, SandboxStartupError
 from rlmesh.server import EnvServer, ServeOptions
 from rlmesh.specs import EnvContract, SpaceSpec
 from rlmesh.tensor import Tensor
@@ -40,7 +41,11 @@ __all__ = [
     "RemoteEnvError",
     "RemoteVectorEnv",
     "RemoteVectorEnvBase",
+    "SandboxBuildError",
+    "SandboxEnv",
     "SandboxError",
+    "SandboxStartupError",
+    "SandboxVectorEnv",
     "ServeOptions",
     "SpaceSpec",
     "Tensor",

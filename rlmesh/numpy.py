@@ -15,6 +15,7 @@ import numpy as np
 
 from rlmesh.bridges import NUMPY_BRIDGE
 from rlmesh.client import RemoteEnvBase, RemoteVectorEnvBase
+from rlmesh.sandbox.env import SandboxEnvBase, SandboxVectorEnvBase
 from rlmesh.spaces import Space
 from rlmesh.spaces import space_from_spec as _space_from_spec
 from rlmesh.specs import SpaceSpec
@@ -47,4 +48,26 @@ class RemoteVectorEnv(RemoteVectorEnvBase[NumpyValue, NumpyValue]):
     bridge = NUMPY_BRIDGE
 
 
-__all__ = ["NumpyValue", "RemoteEnv", "RemoteVectorEnv", "asarray", "space_from_spec"]
+@final
+class SandboxEnv(SandboxEnvBase[NumpyValue, NumpyValue]):
+    """Owned sandbox session for one environment; its client is :class:`RemoteEnv`."""
+
+    client_class = RemoteEnv
+
+
+@final
+class SandboxVectorEnv(SandboxVectorEnvBase[NumpyValue, NumpyValue]):
+    """Owned sandbox session for a vector environment; its client is :class:`RemoteVectorEnv`."""
+
+    client_class = RemoteVectorEnv
+
+
+__all__ = [
+    "NumpyValue",
+    "RemoteEnv",
+    "RemoteVectorEnv",
+    "SandboxEnv",
+    "SandboxVectorEnv",
+    "asarray",
+    "space_from_spec",
+]

@@ -6,6 +6,7 @@ from typing import Any, final
 
 from rlmesh.bridges import TENSOR_BRIDGE
 from rlmesh.client import RemoteEnvBase, RemoteVectorEnvBase
+from rlmesh.sandbox.env import SandboxEnvBase, SandboxVectorEnvBase
 
 Value = Any
 """A value tree whose tensor leaves are :class:`~rlmesh.tensor.Tensor`."""
@@ -23,3 +24,17 @@ class RemoteVectorEnv(RemoteVectorEnvBase[Value, Value]):
     """Remote client for a vector environment; batched leaves decode to :class:`Tensor`."""
 
     bridge = TENSOR_BRIDGE
+
+
+@final
+class SandboxEnv(SandboxEnvBase[Value, Value]):
+    """Owned sandbox session for one environment; its client is :class:`RemoteEnv`."""
+
+    client_class = RemoteEnv
+
+
+@final
+class SandboxVectorEnv(SandboxVectorEnvBase[Value, Value]):
+    """Owned sandbox session for a vector environment; its client is :class:`RemoteVectorEnv`."""
+
+    client_class = RemoteVectorEnv

@@ -23,6 +23,7 @@ from rlmesh.transport import configure, drain, receive_message, shared_context
 log = logging.getLogger("rlmesh.server")
 
 _POLL_MS = 100
+_EVENTS, _POLLIN, _RCVMORE = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.RCVMORE)
 _PROBE_INTERVAL_S = 5.0
 
 
@@ -210,7 +211,7 @@ class EnvServer:
                     return
             if socket.poll(_POLL_MS):
                 # Serve everything queued before polling again; EVENTS avoids a raised Again.
-                while socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                while socket.getsockopt(_EVENTS) & _POLLIN:
                     self._handle(socket.recv())
             now = time.monotonic()
             if now >= next_sweep:
@@ -219,7 +220,7 @@ class EnvServer:
 
     def _handle(self, identity: bytes) -> None:
         socket = self._socket
-        if not socket.getsockopt(zmq.RCVMORE):
+        if not socket.getsockopt(_RCVMORE):
             return  # an empty message: nothing to answer
         first = socket.recv()
         request_id = 0

@@ -14,6 +14,7 @@ from rlmesh.tensor import Tensor, aligned_empty
 # ZeroMQ heartbeats let both ends notice a peer that vanished without closing its socket.
 HEARTBEAT_INTERVAL_MS = 1000
 HEARTBEAT_TIMEOUT_MS = 3000
+_RCVMORE = int(zmq.RCVMORE)
 
 
 def shared_context() -> zmq.Context:
@@ -33,7 +34,7 @@ def configure(socket: zmq.Socket) -> zmq.Socket:
 def drain(socket: zmq.Socket) -> int:
     """Discard the remaining frames of a partly read message; returns how many."""
     count = 0
-    while socket.getsockopt(zmq.RCVMORE):
+    while socket.getsockopt(_RCVMORE):
         socket.recv(copy=False)
         count += 1
     return count
@@ -48,7 +49,7 @@ def receive_tensors(socket: zmq.Socket, header: Header) -> list[Tensor]:
     """
     tensors = []
     for shape, dtype in header.shapes:
-        if not socket.getsockopt(zmq.RCVMORE):
+        if not socket.getsockopt(_RCVMORE):
             raise ProtocolError(f"header announces {len(header.shapes)} tensor frames, got {len(tensors)}")
         array = aligned_empty(shape, dtype)
         if array.nbytes:

@@ -24,28 +24,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-import rlmesh.numpy
 from rlmesh.sandbox import (
     SandboxBuildError,
-    SandboxEnvBase,
     SandboxStartupError,
-    SandboxVectorEnvBase,
     reap_orphans,
 )
 from rlmesh.sandbox.container import DIR_PREFIX, LABEL_SANDBOX, owner_labels
 
 pytestmark = pytest.mark.sandbox
 
-try:
-    from rlmesh.numpy import SandboxEnv, SandboxVectorEnv  # type: ignore[attr-defined]
-except ImportError:  # the concrete classes are one-liners over the generic bases
-
-    class SandboxEnv(SandboxEnvBase[Any, Any]):  # type: ignore[no-redef]
-        client_class = rlmesh.numpy.RemoteEnv
-
-    class SandboxVectorEnv(SandboxVectorEnvBase[Any, Any]):  # type: ignore[no-redef]
-        client_class = rlmesh.numpy.RemoteVectorEnv
-
+from rlmesh.numpy import SandboxEnv, SandboxVectorEnv
 
 # Every test builds from the same inputs, so the session image (or its layers) is reused.
 OPTS: dict[str, Any] = {"rlmesh_package": "local", "connect_timeout_seconds": 60.0}
@@ -274,13 +262,9 @@ def test_ctrl_c_and_exit_remove_container(docker_client: Any) -> None:
         f"""
         import sys, time
         sys.path.insert(0, {str(ROOT)!r})
-        import rlmesh.numpy
-        from rlmesh.sandbox import SandboxEnvBase
+        from rlmesh.numpy import SandboxEnv
 
-        class Env(SandboxEnvBase):
-            client_class = rlmesh.numpy.RemoteEnv
-
-        env = Env("CartPole-v1", rlmesh_package="local")
+        env = SandboxEnv("CartPole-v1", rlmesh_package="local")
         print(env.container_id, flush=True)
         time.sleep(120)
         """
