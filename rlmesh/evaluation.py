@@ -273,25 +273,32 @@ def _open_env(env: Any, bridge: Bridge) -> _Env:
 
 
 class _Progress:
-    """A tqdm bar over episodes, or nothing."""
+    """A tqdm bar over episodes, or nothing. tqdm is resolved at once, the bar made by start()."""
 
-    def __init__(self, enabled: bool | None, total: int, name: str) -> None:
+    def __init__(self, enabled: bool | None) -> None:
         self._bar: Any = None
+        self._make: Any = None
         self._rewards: list[float] = []
         if enabled is None:
             enabled = _stderr_is_terminal()
-            if enabled:
-                try:
-                    import tqdm  # noqa: F401
-                except ImportError:
-                    enabled = False
-        if not enabled:
+            if not enabled:
+                return
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:
+                return
+        elif not enabled:
             return
-        try:
-            from tqdm.auto import tqdm as bar
-        except ImportError:
-            raise ImportError(_PROGRESS_HINT) from None
-        self._bar = bar(total=total, desc=name, unit="episode", file=sys.stderr, dynamic_ncols=True)
+        else:
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:
+                raise ImportError(_PROGRESS_HINT) from None
+        self._make = tqdm
+
+    def start(self, total: int, name: str) -> None:
+        if self._make is not None:
+            self._bar = self._make(total=total, desc=name, unit="episode", file=sys.stderr, dynamic_ncols=True)
 
     def update(self, episode: EpisodeResult) -> None:
         if self._bar is None:
@@ -475,18 +482,13 @@ def evaluate(
     seed_list = _check_seeds(seeds)
     count = _check_count("max_episodes", max_episodes) or max(len(seed_list), 1)
     cap = _check_count("max_episode_steps", max_episode_steps) or DEFAULT_MAX_EPISODE_STEPS
-    bar = _Progress(progress, count, "")  # raises the install hint before connecting
+    bar = _Progress(progress)  # raises the install hint before connecting
+    opened = _open_env(env, model.bridge)
     try:
-        opened = _open_env(env, model.bridge)
-    except BaseException:
-        bar.close()
-        raise
-    try:
-        if bar._bar is not None:
-            bar._bar.set_description_str(opened.contract.id, refresh=False)
         model._bind(opened.contract)
         model._ensure_loaded()
         loop = _Loop(model, opened, seed_list, count, cap, bar)
+        bar.start(count, opened.contract.id)
         started = time.perf_counter()
         try:
             loop.run_vector() if opened.vector else loop.run_single()

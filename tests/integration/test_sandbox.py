@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from rlmesh.numpy import SandboxEnv, SandboxVectorEnv
 from rlmesh.sandbox import (
     SandboxBuildError,
     SandboxStartupError,
@@ -32,8 +33,6 @@ from rlmesh.sandbox import (
 from rlmesh.sandbox.container import DIR_PREFIX, LABEL_SANDBOX, owner_labels
 
 pytestmark = pytest.mark.sandbox
-
-from rlmesh.numpy import SandboxEnv, SandboxVectorEnv
 
 # Every test builds from the same inputs, so the session image (or its layers) is reused.
 OPTS: dict[str, Any] = {"rlmesh_package": "local", "connect_timeout_seconds": 60.0}
