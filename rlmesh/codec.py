@@ -24,7 +24,7 @@ import msgpack
 import numpy as np
 
 from rlmesh.errors import ProtocolError
-from rlmesh.tensor import DTYPE_CODES, WIRE_DTYPES, Tensor, dtype_from_code, wire_dtype
+from rlmesh.tensor import DTYPE_CODES, WIRE_DTYPES, Tensor, aligned_empty, dtype_from_code, wire_dtype
 
 TENSOR_EXT = 1
 TUPLE_EXT = 2
@@ -262,16 +262,14 @@ def decode_frames(
     header = parse_header(frames[0], limits)
     if len(frames) - 1 != len(header.shapes):
         raise ProtocolError(f"header announces {len(header.shapes)} tensor frames, got {len(frames) - 1}")
-    tensors = [Tensor.from_bytes(frame, shape, dtype) if _size_ok(frame, shape, dtype) else _bad_size(frame, shape, dtype)
-               for frame, (shape, dtype) in zip(frames[1:], header.shapes, strict=True)]
+    tensors = []
+    for frame, (shape, dtype) in zip(frames[1:], header.shapes, strict=True):
+        array = aligned_empty(shape, dtype)
+        data = np.frombuffer(frame, np.uint8)
+        if data.size != array.nbytes:
+            raise ProtocolError(
+                f"tensor frame of {data.size} bytes does not match shape {shape} {dtype.name} ({array.nbytes} bytes)"
+            )
+        array.reshape(-1).view(np.uint8)[:] = data
+        tensors.append(Tensor._wrap(array))
     return header, decode_body(header.body, tensors, decode_leaf, limits)
-
-
-def _size_ok(frame: Any, shape: tuple[int, ...], dtype: np.dtype) -> bool:
-    return memoryview(frame).nbytes == int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-
-
-def _bad_size(frame: Any, shape: tuple[int, ...], dtype: np.dtype) -> Tensor:
-    raise ProtocolError(
-        f"tensor frame of {memoryview(frame).nbytes} bytes does not match shape {shape} {dtype.name}"
-    )

@@ -14,16 +14,16 @@ import zmq
 
 from rlmesh import protocol as p
 from rlmesh.addresses import ipc_path, resolve_address
-from rlmesh.codec import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_TENSORS, Limits, encode_message
+from rlmesh.codec import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_TENSORS, Limits, decode_frames, encode_message
 from rlmesh.env_runner import EnvRunner, is_vector_env, plain_data
 from rlmesh.errors import BadRequestError, InvalidActionError, ProtocolError
 from rlmesh.tensor import Tensor
-from rlmesh.transport import configure, drain, receive_message, shared_context
+from rlmesh.transport import configure, shared_context
 
 log = logging.getLogger("rlmesh.server")
 
 _POLL_MS = 100
-_EVENTS, _POLLIN, _RCVMORE = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.RCVMORE)
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 _PROBE_INTERVAL_S = 5.0
 
 
@@ -212,20 +212,21 @@ class EnvServer:
             if socket.poll(_POLL_MS):
                 # Serve everything queued before polling again; EVENTS avoids a raised Again.
                 while socket.getsockopt(_EVENTS) & _POLLIN:
-                    self._handle(socket.recv())
+                    self._handle(socket.recv_multipart())
             now = time.monotonic()
             if now >= next_sweep:
                 next_sweep = now + 1.0
                 self._sweep(now)
 
-    def _handle(self, identity: bytes) -> None:
-        socket = self._socket
-        if not socket.getsockopt(_RCVMORE):
+    def _handle(self, frames: list[bytes]) -> None:
+        # Requests are small (actions), so the whole message is read at once; each tensor
+        # frame is copied into an aligned buffer the env may keep.
+        identity = frames[0]
+        if len(frames) < 2:
             return  # an empty message: nothing to answer
-        first = socket.recv()
         request_id = 0
         try:
-            header, payload = receive_message(socket, first, Tensor.numpy, self._limits)
+            header, payload = decode_frames(frames[1:], Tensor.numpy, self._limits)
             request_id = header.request_id
             reply = self._dispatch(identity, header.kind, payload)
         except ProtocolError as error:

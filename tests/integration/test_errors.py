@@ -141,7 +141,7 @@ def decode_reply(frames: list[bytes]) -> tuple[str, dict]:
     [
         ([b"not msgpack \xc1"], "malformed message header"),
         ([msgpack.packb(["step", 1, [[10, [4]]], msgpack.packb(None)]), b"xx"], "does not match"),
-        ([msgpack.packb(["step", 1, [], msgpack.packb(None)]), b"extra"], "more frames"),
+        ([msgpack.packb(["step", 1, [], msgpack.packb(None)]), b"extra"], "announces 0 tensor frames, got 1"),
         ([msgpack.packb(["step", 1, [[10, [4]]], msgpack.packb(None)])], "announces 1 tensor"),
         ([msgpack.packb(["warp", 1, [], msgpack.packb(None)])], "unknown op 'warp'"),
         ([msgpack.packb(["step", 1, [], msgpack.packb(0)])], "no session"),
