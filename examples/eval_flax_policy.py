@@ -17,9 +17,9 @@ import flax.linen as nn
 import gymnasium as gym
 import jax
 import jax.numpy as jnp
+from rlmesh.integrations.flax_policy import from_linen
 
 from rlmesh import EnvServer
-from rlmesh.integrations.flax_policy import from_linen
 
 
 class Policy(nn.Module):
@@ -49,7 +49,7 @@ def main() -> None:
 
     if args.num_envs:
         num_envs = args.num_envs
-        source = lambda: gym.make_vec("CartPole-v1", num_envs=num_envs, vectorization_mode="sync")  # noqa: E731
+        source = lambda: gym.make_vec("CartPole-v1", num_envs=num_envs, vectorization_mode="sync")
     else:
         source = "CartPole-v1"
     with EnvServer(source) as server:

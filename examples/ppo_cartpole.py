@@ -10,7 +10,8 @@ background process) and train against it. Other env backends, with everything el
 
 The run writes ``metrics.json``, ``learning_curve.png`` and ``params.msgpack`` into
 ``--out-dir`` (default ``runs/ppo_cartpole/<timestamp>``) and ends with a deterministic
-(argmax) evaluation over 20 seeds. The PPO pieces live in ``rlmesh.integrations.ppo``.
+(argmax) evaluation over 20 seeds with ``rlmesh.jax.Model.run``. The PPO pieces live in
+``rlmesh.integrations.ppo``.
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ from rlmesh.integrations.ppo import (
     UpdateConfig,
     actor_critic_for,
     episode_returns,
-    evaluate,
     initial_state,
     make_greedy_fn,
     make_optimizer,
@@ -50,6 +50,8 @@ from rlmesh.integrations.ppo import (
     make_update_fn,
 )
 from tqdm import tqdm
+
+import rlmesh.jax
 
 
 @dataclasses.dataclass
@@ -193,8 +195,6 @@ def open_env(args: Args) -> Iterator[Any]:
             yield env
         return
 
-    import rlmesh.jax
-
     if args.sandbox:
         env = rlmesh.jax.SandboxVectorEnv(args.env_id, args.num_envs,
                                           vectorization_mode="sync", rlmesh_package="local")
@@ -295,7 +295,10 @@ def train(args: Args) -> dict[str, Any]:
         eval_seeds = list(range(args.eval_seed, args.eval_seed + args.eval_episodes))
 
         def run_eval(params: Any) -> np.ndarray:
-            return evaluate(env, lambda o: to_env_action(greedy(params, o)), eval_seeds)
+            """Deterministic (argmax) returns, one episode per evaluation seed."""
+            model = rlmesh.jax.Model(predict_batch_fn=lambda o: to_env_action(greedy(params, o)))
+            result = model.run(env, seeds=eval_seeds, progress=False)
+            return np.asarray([episode.reward for episode in result.episodes])
 
         cstate = initial_state(obs, collect_key, env_state)
         running = jnp.zeros(args.num_envs, jnp.float32)

@@ -112,10 +112,7 @@ def _selector(spec: SpaceSpec, deterministic: bool, log_std: Any) -> Callable[[A
         def discrete(output: Any, key: jax.Array) -> jax.Array:
             logits = output[0] if isinstance(output, tuple | list) else output
             chex.assert_shape(logits, (n,))
-            if deterministic:
-                index = jnp.argmax(logits, axis=-1)
-            else:
-                index = jax.random.categorical(key, logits, axis=-1)
+            index = jnp.argmax(logits, axis=-1) if deterministic else jax.random.categorical(key, logits, axis=-1)
             return (index + start).astype(jnp.int32)
 
         return discrete

@@ -39,11 +39,16 @@ per-step ``infos`` (they are dropped here; only observation, reward, terminated 
 cross into the program), or for environments with Text observations (no fixed shape).
 ``vmap`` over an ordered callback is not supported; batch with the vector env's lanes instead.
 
-Cost (CartPole-v1, 4 lanes, tcp loopback, 2x64 MLP policy, jax 0.10.2 CPU, 2 shared cores;
-``python benchmarks/decode_latency.py --only jit``): see ``benchmarks/results/decode_latency.json``
-keys ``jit_step``; on the development machine a step inside ``lax.scan`` took about the same
-time as the Python loop driving the same client (the callback saves policy dispatch but adds
-~10-20 us of callback marshalling).
+Cost. ``python benchmarks/decode_latency.py --only jit_step,scan`` (jax 0.10.2 CPU, 2 shared
+cores at load average 2-6, server in another process, tcp loopback), CartPole-v1 x4 with a
+jitted 2x64 MLP, 200 steps, three runs: 1440 / 702 / 1203 us per step in the Python loop
+against 1420 / 920 / 2191 us inside one jitted ``lax.scan``. Without the network, an ordered
+callback plus the policy inside a scan costs ~47-98 us per step against ~39-83 us for the same
+policy dispatched from Python. Expect parity at best: each step is a round trip, and in a scan
+it also hops from the XLA thread to the callback and back, which an oversubscribed machine
+makes slower. What the scan buys is structure (one program, no host loop between policy and
+learner), not speed. Each callback result is also copied once into XLA's buffers
+(``io_callback`` cannot alias host memory), one memcpy more than the zero-copy Python loop.
 
 x64. Result dtypes follow JAX's canonicalisation: with ``jax_enable_x64`` off, float64 rewards
 and int64 observations come back as float32/int32 (values converted on the host).

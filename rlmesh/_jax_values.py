@@ -26,6 +26,9 @@ from typing import Any, TypeAlias
 import numpy as np
 
 from rlmesh.bridges import Bridge
+from rlmesh.spaces import Space
+from rlmesh.spaces import space_from_spec as _space_from_spec
+from rlmesh.specs import SpaceSpec
 from rlmesh.tensor import Tensor, wire_dtype
 
 try:  # JAX is an optional extra: importing this module must work without it.
@@ -314,7 +317,7 @@ JAX_BRIDGE = JaxBridge(
 """The JAX backend's leaf table: tensors decode to immutable, zero-copy ``jax.Array``s."""
 
 
-def space_from_spec(spec: Any) -> Any:
+def space_from_spec(spec: SpaceSpec) -> Space[JaxValue]:
     """Create a JAX-adapted space wrapper for a native space spec.
 
     Args:
@@ -331,6 +334,4 @@ def space_from_spec(spec: Any) -> Any:
         True
     """
     ensure_available()
-    from rlmesh.spaces import space_from_spec as _space_from_spec
-
     return _space_from_spec(spec, bridge=JAX_BRIDGE)

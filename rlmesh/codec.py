@@ -118,7 +118,8 @@ class _Encoder:
         if self.encode_leaf is not None:
             encoded = self.encode_leaf(value)
             if encoded is not NotImplemented:
-                return encoded
+                # msgpack calls ``default`` once per object: finish Tensors/arrays here.
+                return self.default(encoded) if isinstance(encoded, Tensor | np.ndarray | np.generic) else encoded
         if hasattr(value, "__dlpack__"):
             return self.default(np.from_dlpack(value))
         if hasattr(value, "__array__") and not callable(value):

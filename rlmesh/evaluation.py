@@ -180,7 +180,9 @@ def _client_pair(bridge: Bridge) -> tuple[type[RemoteEnvBase[Any, Any]], type[Re
     return single, vector
 
 
-def open_client(address: str, bridge: Bridge, **client_kwargs: Any) -> RemoteEnvBase[Any, Any] | RemoteVectorEnvBase[Any, Any]:
+def open_client(
+    address: str, bridge: Bridge, **client_kwargs: Any
+) -> RemoteEnvBase[Any, Any] | RemoteVectorEnvBase[Any, Any]:
     """Connect to ``address`` with the right client of ``bridge``'s backend, single or vector.
 
     The single client is tried first; a vector endpoint refuses it at the handshake (the
@@ -351,7 +353,15 @@ def _seed_for(seeds: Sequence[int | None], index: int) -> int | None:
 class _Loop:
     """State shared by the single and vector loops: the model, episodes, progress."""
 
-    def __init__(self, model: ModelBase[Any, Any], env: _Env, seeds: Sequence[int | None], count: int, cap: int, progress: _Progress) -> None:
+    def __init__(
+        self,
+        model: ModelBase[Any, Any],
+        env: _Env,
+        seeds: Sequence[int | None],
+        count: int,
+        cap: int,
+        progress: _Progress,
+    ) -> None:
         self.model = model
         self.env = env
         self.seeds = seeds

@@ -24,7 +24,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any, final
 
 from rlmesh._jax_values import (
@@ -36,12 +35,17 @@ from rlmesh._jax_values import (
     space_from_spec,
 )
 from rlmesh.client import RemoteEnvBase, RemoteVectorEnvBase
+from rlmesh.models import ModelBase
+from rlmesh.sandbox.env import SandboxEnvBase, SandboxVectorEnvBase
 
 __all__ = [
     "JAX_BRIDGE",
     "JaxValue",
+    "Model",
     "RemoteEnv",
     "RemoteVectorEnv",
+    "SandboxEnv",
+    "SandboxVectorEnv",
     "asarray",
     "ensure_available",
     "from_array",
@@ -90,43 +94,39 @@ class RemoteVectorEnv(_RequiresJax, RemoteVectorEnvBase[JaxValue, JaxValue]):
     bridge = JAX_BRIDGE
 
 
-# -- Model: bound here once rlmesh.models (ModelBase) lands ----------------------------------
-if importlib.util.find_spec("rlmesh.models") is not None:
-    from rlmesh.models import ModelBase
+@final
+class Model(_RequiresJax, ModelBase[JaxValue, JaxValue]):
+    """Experimental JAX-backed model: predict works in JAX values.
 
-    @final
-    class Model(_RequiresJax, ModelBase[JaxValue, JaxValue]):  # type: ignore[misc, valid-type]
-        """Experimental JAX-backed model: predict works in JAX values.
+    The JAX-typed ModelBase; see it for the source/spec construction and
+    ``run(env, seeds=[...]) -> RunResult`` eval. ``predict_fn`` receives JAX-decoded
+    observations.
+    """
 
-        The JAX-typed ModelBase; see it for the source/spec construction and
-        ``run(env, seeds=[...]) -> RunResult`` eval.
-        """
-
-        bridge = JAX_BRIDGE
-
-    __all__ += ["Model"]
+    bridge = JAX_BRIDGE
 
 
-# -- SandboxEnv / SandboxVectorEnv: bound here once rlmesh.sandbox.env lands -------------------
-if importlib.util.find_spec("rlmesh.sandbox.env") is not None:
-    from rlmesh.sandbox.env import SandboxEnvBase, SandboxVectorEnvBase
+@final
+class SandboxEnv(_RequiresJax, SandboxEnvBase[JaxValue, JaxValue]):
+    """Experimental JAX-backed owned sandbox session for one environment.
 
-    @final
-    class SandboxEnv(_RequiresJax, SandboxEnvBase[JaxValue, JaxValue]):  # type: ignore[misc, valid-type]
-        """Experimental JAX-backed owned sandbox session for one environment.
+    The owned sandbox client is :class:`rlmesh.jax.RemoteEnv`; see
+    :class:`rlmesh.sandbox.env.SandboxEnvBase` for the parameters (``source``, ``base_image``,
+    ``rlmesh_package``, ``packages``, ``imports``, ``trust_remote_code``,
+    ``allow_unpinned_hf``, ``**gym_make_kwargs``).
+    """
 
-        The owned sandbox client is :class:`rlmesh.jax.RemoteEnv`.
-        """
+    client_class = RemoteEnv
 
-        client_class = RemoteEnv
 
-    @final
-    class SandboxVectorEnv(_RequiresJax, SandboxVectorEnvBase[JaxValue, JaxValue]):  # type: ignore[misc, valid-type]
-        """Experimental JAX-backed owned sandbox session for vectorized environments.
+@final
+class SandboxVectorEnv(_RequiresJax, SandboxVectorEnvBase[JaxValue, JaxValue]):
+    """Experimental JAX-backed owned sandbox session for vectorized environments.
 
-        The owned sandbox client is :class:`rlmesh.jax.RemoteVectorEnv`.
-        """
+    The owned sandbox client is :class:`rlmesh.jax.RemoteVectorEnv`; see
+    :class:`rlmesh.sandbox.env.SandboxVectorEnvBase` for the parameters (``source``,
+    ``num_envs``, ``vectorization_mode``, ``base_image``, ``rlmesh_package``, ``packages``,
+    ``imports``, ``trust_remote_code``, ``allow_unpinned_hf``, ``**env_make_kwargs``).
+    """
 
-        client_class = RemoteVectorEnv
-
-    __all__ += ["SandboxEnv", "SandboxVectorEnv"]
+    client_class = RemoteVectorEnv

@@ -109,15 +109,22 @@ def _batched_to_numpy(value: Any, spec: SpaceSpec | None, num_envs: int, where: 
                 f"predict_batch returned a list of {len(value)} actions for {where}; expected one per lane "
                 f"({num_envs} lanes)"
             )
-        return _stack_lanes([_tree_to_numpy(item, spec, f"{where} of lane {i}") for i, item in enumerate(value)], spec, where)
+        lanes = [_tree_to_numpy(item, spec, f"{where} of lane {i}") for i, item in enumerate(value)]
+        return _stack_lanes(lanes, spec, where)
     if kind == "dict" or (kind is None and isinstance(value, Mapping)):
         if not isinstance(value, Mapping):
-            raise ValueError(f"predict_batch returned {type(value).__name__} for {where}; expected a dict of batched values")
+            raise ValueError(
+                f"predict_batch returned {type(value).__name__} for {where}; expected a dict of batched values"
+            )
         subs = spec.details["spaces"] if spec is not None else {}
-        return {key: _batched_to_numpy(item, subs.get(key), num_envs, f"{where}[{key!r}]") for key, item in value.items()}
+        return {
+            key: _batched_to_numpy(item, subs.get(key), num_envs, f"{where}[{key!r}]") for key, item in value.items()
+        }
     if kind == "tuple" or (kind is None and isinstance(value, tuple)):
         if not isinstance(value, tuple | list):
-            raise ValueError(f"predict_batch returned {type(value).__name__} for {where}; expected a tuple of batched values")
+            raise ValueError(
+                f"predict_batch returned {type(value).__name__} for {where}; expected a tuple of batched values"
+            )
         subs = spec.details["spaces"] if spec is not None else [None] * len(value)
         return tuple(
             _batched_to_numpy(item, subs[i] if i < len(subs) else None, num_envs, f"{where}[{i}]")
@@ -663,4 +670,6 @@ def run(
             f"run() expects an rlmesh model (e.g. rlmesh.numpy.Model(predict_fn)) or RANDOM_SAMPLE, "
             f"got {type(model).__name__} {model!r:.80}"
         )
-    return model.run(env, seeds=seeds, max_episodes=max_episodes, max_episode_steps=max_episode_steps, progress=progress)
+    return model.run(
+        env, seeds=seeds, max_episodes=max_episodes, max_episode_steps=max_episode_steps, progress=progress
+    )

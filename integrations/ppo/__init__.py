@@ -8,10 +8,11 @@
 * :mod:`.optim` - gradient clipping + Adam with linear learning-rate annealing.
 * :mod:`.update` - epochs x minibatches as one jitted update.
 * :mod:`.rollout` - jitted policy step, Python-loop and ``lax.scan`` collectors.
-* :mod:`.evaluate` - deterministic evaluation over seeds.
+
+Evaluate a trained policy with ``rlmesh.jax.Model(predict_batch_fn=...).run(env, seeds=...)``
+(see :func:`.rollout.make_greedy_fn` for the argmax policy).
 """
 
-from rlmesh.integrations.ppo.evaluate import evaluate
 from rlmesh.integrations.ppo.gae import gae, rollout_gae
 from rlmesh.integrations.ppo.loss import LossConfig, masked_mean, ppo_loss, ppo_loss_terms
 from rlmesh.integrations.ppo.networks import ActorCritic, actor_critic_for
@@ -40,7 +41,6 @@ __all__ = [
     "UpdateConfig",
     "actor_critic_for",
     "episode_returns",
-    "evaluate",
     "flatten",
     "gae",
     "initial_state",

@@ -8,10 +8,10 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import pytest
+from envs import CrashingEnv, DictTupleEnv
 
 import rlmesh
 import rlmesh.numpy as rn
-from envs import CrashingEnv, DictTupleEnv
 from rlmesh.bridges import NUMPY_BRIDGE
 from rlmesh.errors import EnvBusyError, InvalidActionError, RemoteEnvError
 from rlmesh.models import RANDOM_SAMPLE, Model, ModelBase, run
@@ -272,7 +272,8 @@ def test_random_sample_baseline(serve) -> None:
     assert first.num_episodes == 5 and first.rewards == again.rewards
     assert 5 <= first.mean_reward < 100  # random CartPole play, far below the controller's
     batched = run(RANDOM_SAMPLE, vector.address, seeds=[0, 1, 2, 3])
-    assert batched.num_episodes == 4 and batched.rewards == run(RANDOM_SAMPLE, vector.address, seeds=[0, 1, 2, 3]).rewards
+    assert batched.num_episodes == 4
+    assert batched.rewards == run(RANDOM_SAMPLE, vector.address, seeds=[0, 1, 2, 3]).rewards
     assert NumpyModel(controller).run(single.address, seeds=[0, 1, 2, 3, 4]).mean_reward > first.mean_reward
 
 
@@ -299,5 +300,6 @@ def test_progress_bar_on_request(serve, capsys) -> None:
 def test_on_episode_end_sees_each_episode(serve) -> None:
     server = serve(vector_factory(2))
     ended: list[tuple[int, int | None]] = []
-    NumpyModel(controller, on_episode_end=lambda e: ended.append((e.index, e.lane))).run(server.address, seeds=[0, 1, 2])
+    model = NumpyModel(controller, on_episode_end=lambda e: ended.append((e.index, e.lane)))
+    model.run(server.address, seeds=[0, 1, 2])
     assert sorted(ended) == [(0, 0), (1, 1), (2, 0)]

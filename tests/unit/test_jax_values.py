@@ -281,3 +281,22 @@ def test_sixty_four_bit_spaces_follow_x64(x64: bool) -> None:
         sample = space.sample()
         assert sample.dtype == (jnp.float64 if x64 else jnp.float32)
         assert space.contains(sample)
+
+
+def _accelerators() -> list[jax.Device]:
+    try:
+        return jax.devices("gpu")
+    except RuntimeError:
+        return []
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _accelerators(), reason="needs a GPU device for JAX")
+def test_device_arrays_come_back_to_the_cpu() -> None:
+    array = jax.device_put(jnp.arange(6, dtype=jnp.float32).reshape(2, 3), _accelerators()[0])
+    tensor = rj.from_array(array)
+    assert isinstance(tensor, Tensor) and tensor.shape == (2, 3)
+    np.testing.assert_array_equal(tensor.numpy(), np.arange(6, dtype=np.float32).reshape(2, 3))
+    assert rj.from_array(jax.device_put(jnp.float32(2.5), _accelerators()[0])) == 2.5
+    decoded = rj.asarray(tensor)  # decoding always lands on the CPU, where the buffer lives
+    assert {device.platform for device in decoded.devices()} == {"cpu"}
