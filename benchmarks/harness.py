@@ -43,13 +43,17 @@ def rlmesh_server(source: str, *args: str, pythonpath: Sequence[str] = ()) -> It
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([*pythonpath, str(REPO_ROOT)]))
         process = subprocess.Popen(
             [sys.executable, "-m", "rlmesh", "serve", source, *args, "--ready-file", str(ready), "--quiet"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         try:
             deadline = time.monotonic() + 60
             while not ready.exists():
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"rlmesh serve {source} failed: {process.stderr.read().decode() if process.stderr else ''}")
+                    raise RuntimeError(
+                        f"rlmesh serve {source} failed: {process.stderr.read().decode() if process.stderr else ''}"
+                    )
                 time.sleep(0.02)
             yield ready.read_text().strip()
         finally:
@@ -95,8 +99,12 @@ def time_calls(call: Callable[[], Any], *, iterations: int, warmup: int = 50) ->
 
 def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
-    return {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
-            "processor": platform.processor() or platform.machine()}
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+    }
 
 
 def print_table(title: str, rows: list[dict[str, Any]], columns: Sequence[str]) -> None:

@@ -26,8 +26,9 @@ def ensure_venv(timeout: float = 600) -> Path | None:
         return python
     try:
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True, capture_output=True, timeout=120)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", *PACKAGES], check=True, capture_output=True,
-                       timeout=timeout)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", *PACKAGES], check=True, capture_output=True, timeout=timeout
+        )
     except (subprocess.SubprocessError, OSError) as error:
         print(f"original rlmesh 0.1.0 unavailable, skipping its column: {error}", file=sys.stderr)
         return None
@@ -40,8 +41,9 @@ def run_script(script: str, *args: str, timeout: float = 600) -> dict[str, Any] 
     if python is None:
         return None
     try:
-        result = subprocess.run([str(python), "-c", script, *args], capture_output=True, text=True, timeout=timeout,
-                                cwd="/")
+        result = subprocess.run(
+            [str(python), "-c", script, *args], capture_output=True, text=True, timeout=timeout, cwd="/"
+        )
     except subprocess.TimeoutExpired:
         print("original rlmesh run timed out; skipping its column", file=sys.stderr)
         return None

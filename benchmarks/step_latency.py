@@ -24,16 +24,19 @@ import numpy as np
 import zmq
 
 sys.path.insert(0, str(Path(__file__).parent))
-import harness  # noqa: E402
-import original_rlmesh  # noqa: E402
+import harness
+import original_rlmesh
 
-import rlmesh.numpy as rn  # noqa: E402
+import rlmesh.numpy as rn
 
 ORIGINAL_SCRIPT = r"""
 import json, sys, time, multiprocessing as mp
 def serve(q, lanes):
     import gymnasium as gym, rlmesh
-    env = gym.make("CartPole-v1") if lanes == 0 else gym.make_vec("CartPole-v1", num_envs=lanes, vectorization_mode="sync")
+    if lanes == 0:
+        env = gym.make("CartPole-v1")
+    else:
+        env = gym.make_vec("CartPole-v1", num_envs=lanes, vectorization_mode="sync")
     s = rlmesh.EnvServer(env, "tcp://127.0.0.1:0")
     q.put(s.address)
     s.serve()
@@ -66,8 +69,16 @@ def raw_floor(address: str, iterations: int) -> dict[str, float]:
     socket = zmq.Context.instance().socket(zmq.DEALER)
     socket.setsockopt(zmq.LINGER, 0)
     socket.connect(address)
-    message = {"op": "step", "id": 1, "action": 1, "observation": [0.1, 0.2, 0.3, 0.4], "reward": 1.0,
-               "terminated": False, "truncated": False, "info": {}}
+    message = {
+        "op": "step",
+        "id": 1,
+        "action": 1,
+        "observation": [0.1, 0.2, 0.3, 0.4],
+        "reward": 1.0,
+        "terminated": False,
+        "truncated": False,
+        "info": {},
+    }
 
     def round_trip() -> None:
         socket.send(msgpack.packb(message))
@@ -82,34 +93,31 @@ def raw_floor(address: str, iterations: int) -> dict[str, float]:
     return stats
 
 
-def remote_single(address: str, iterations: int) -> dict[str, float]:
-    with rn.RemoteEnv(address) as env:
-        env.reset(seed=0)
-        state = {"t": 0}
-
-        def step() -> None:
-            state["t"] += 1
-            _, _, terminated, truncated, _ = env.step(state["t"] & 1)
-            if terminated or truncated:
-                env.reset()
-
-        return harness.time_calls(step, iterations=iterations)
-
-
-def local_single(iterations: int) -> dict[str, float]:
-    env = gym.make("CartPole-v1")
-    env.reset(seed=0)
+def time_single_steps(env: object, iterations: int) -> dict[str, float]:
+    """Time ``env.step`` with alternating actions, resetting at episode ends."""
+    env.reset(seed=0)  # type: ignore[attr-defined]
     state = {"t": 0}
 
     def step() -> None:
         state["t"] += 1
-        _, _, terminated, truncated, _ = env.step(state["t"] & 1)
+        _, _, terminated, truncated, _ = env.step(state["t"] & 1)  # type: ignore[attr-defined]
         if terminated or truncated:
-            env.reset()
+            env.reset()  # type: ignore[attr-defined]
 
-    stats = harness.time_calls(step, iterations=iterations)
-    env.close()
-    return stats
+    return harness.time_calls(step, iterations=iterations)
+
+
+def remote_single(address: str, iterations: int) -> dict[str, float]:
+    with rn.RemoteEnv(address) as env:
+        return time_single_steps(env, iterations)
+
+
+def local_single(iterations: int) -> dict[str, float]:
+    env = gym.make("CartPole-v1")
+    try:
+        return time_single_steps(env, iterations)
+    finally:
+        env.close()
 
 
 def vector_throughput(env: object, iterations: int, lanes: int) -> dict[str, float]:
@@ -153,42 +161,83 @@ def main() -> None:
 
     floor_us = floor["median_us"]
     rows = [
-        {"measurement": "raw pyzmq round trip (~100 B msgpack)", "median_us": floor_us, "mean_us": floor["mean_us"],
-         "x_floor": 1.0},
-        {"measurement": "rlmesh CartPole step, tcp loopback", "median_us": tcp["median_us"], "mean_us": tcp["mean_us"],
-         "x_floor": tcp["median_us"] / floor_us},
-        {"measurement": "rlmesh CartPole step, unix socket", "median_us": unix["median_us"],
-         "mean_us": unix["mean_us"], "x_floor": unix["median_us"] / floor_us},
-        {"measurement": "in-process gymnasium step", "median_us": local["median_us"], "mean_us": local["mean_us"],
-         "x_floor": local["median_us"] / floor_us},
+        {
+            "measurement": "raw pyzmq round trip (~100 B msgpack)",
+            "median_us": floor_us,
+            "mean_us": floor["mean_us"],
+            "x_floor": 1.0,
+        },
+        {
+            "measurement": "rlmesh CartPole step, tcp loopback",
+            "median_us": tcp["median_us"],
+            "mean_us": tcp["mean_us"],
+            "x_floor": tcp["median_us"] / floor_us,
+        },
+        {
+            "measurement": "rlmesh CartPole step, unix socket",
+            "median_us": unix["median_us"],
+            "mean_us": unix["mean_us"],
+            "x_floor": unix["median_us"] / floor_us,
+        },
+        {
+            "measurement": "in-process gymnasium step",
+            "median_us": local["median_us"],
+            "mean_us": local["mean_us"],
+            "x_floor": local["median_us"] / floor_us,
+        },
     ]
     if original:
-        rows.append({"measurement": "original rlmesh 0.1.0 step, tcp (mean)", "median_us": "",
-                     "mean_us": original["step_us"], "x_floor": original["step_us"] / floor_us})
-    harness.print_table("Step round trip (server in another process)", rows,
-                        ["measurement", "median_us", "mean_us", "x_floor"])
+        rows.append(
+            {
+                "measurement": "original rlmesh 0.1.0 step, tcp (mean)",
+                "median_us": "",
+                "mean_us": original["step_us"],
+                "x_floor": original["step_us"] / floor_us,
+            }
+        )
+    harness.print_table(
+        "Step round trip (server in another process)", rows, ["measurement", "median_us", "mean_us", "x_floor"]
+    )
     vec_rows = [
-        {"measurement": f"in-process SyncVectorEnv({lanes})", "env_steps_per_s": local_vec["env_steps_per_s"],
-         "x_in_process": 1.0},
-        {"measurement": f"rlmesh {lanes}-lane vector endpoint, tcp", "env_steps_per_s": remote_vec["env_steps_per_s"],
-         "x_in_process": remote_vec["env_steps_per_s"] / local_vec["env_steps_per_s"]},
+        {
+            "measurement": f"in-process SyncVectorEnv({lanes})",
+            "env_steps_per_s": local_vec["env_steps_per_s"],
+            "x_in_process": 1.0,
+        },
+        {
+            "measurement": f"rlmesh {lanes}-lane vector endpoint, tcp",
+            "env_steps_per_s": remote_vec["env_steps_per_s"],
+            "x_in_process": remote_vec["env_steps_per_s"] / local_vec["env_steps_per_s"],
+        },
     ]
     if original:
-        vec_rows.append({"measurement": f"original rlmesh 0.1.0, {lanes} lanes",
-                         "env_steps_per_s": original["vector16_env_steps_per_s"],
-                         "x_in_process": original["vector16_env_steps_per_s"] / local_vec["env_steps_per_s"]})
+        vec_rows.append(
+            {
+                "measurement": f"original rlmesh 0.1.0, {lanes} lanes",
+                "env_steps_per_s": original["vector16_env_steps_per_s"],
+                "x_in_process": original["vector16_env_steps_per_s"] / local_vec["env_steps_per_s"],
+            }
+        )
     harness.print_table("Vector throughput", vec_rows, ["measurement", "env_steps_per_s", "x_in_process"])
     verdict = {
         "step_within_1.5x_floor": tcp["median_us"] <= 1.5 * floor_us,
         "vector_at_least_50pct_in_process": remote_vec["env_steps_per_s"] >= 0.5 * local_vec["env_steps_per_s"],
     }
     print(f"\ntargets: {verdict}")
-    path = harness.write_json("step_latency", {
-        "command": "python benchmarks/step_latency.py " + " ".join(sys.argv[1:]),
-        "raw_floor": floor, "tcp": tcp, "unix": unix, "in_process": local,
-        "vector_remote": remote_vec, "vector_in_process": local_vec, "original_rlmesh_0_1_0": original,
-        "targets": verdict,
-    })
+    path = harness.write_json(
+        "step_latency",
+        {
+            "command": "python benchmarks/step_latency.py " + " ".join(sys.argv[1:]),
+            "raw_floor": floor,
+            "tcp": tcp,
+            "unix": unix,
+            "in_process": local,
+            "vector_remote": remote_vec,
+            "vector_in_process": local_vec,
+            "original_rlmesh_0_1_0": original,
+            "targets": verdict,
+        },
+    )
     print(f"wrote {path}")
 
 

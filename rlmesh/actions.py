@@ -33,12 +33,16 @@ def coerce(space: Any, value: Any, where: str = "action") -> Any:
 
     if isinstance(space, spaces.Dict):
         if not isinstance(value, dict) or set(value) != set(space.spaces):
-            raise InvalidActionError(f"{where} {_describe(value)} must be a dict with keys {sorted(space.spaces)} for {space}")
+            raise InvalidActionError(
+                f"{where} {_describe(value)} must be a dict with keys {sorted(space.spaces)} for {space}"
+            )
         return {key: coerce(sub, value[key], f"{where}[{key!r}]") for key, sub in space.spaces.items()}
     if isinstance(space, spaces.Tuple):
         if not isinstance(value, tuple | list) or len(value) != len(space.spaces):
             raise InvalidActionError(f"{where} {_describe(value)} must be a tuple of {len(space.spaces)} for {space}")
-        return tuple(coerce(sub, item, f"{where}[{i}]") for i, (sub, item) in enumerate(zip(space.spaces, value, strict=True)))
+        return tuple(
+            coerce(sub, item, f"{where}[{i}]") for i, (sub, item) in enumerate(zip(space.spaces, value, strict=True))
+        )
     coerced = _cast(space, value)
     if not space.contains(coerced):
         raise InvalidActionError(f"{where} {_describe(value)} is not in the action space {space}")
@@ -72,7 +76,9 @@ def coerce_batch(batched_space: Any, single_space: Any, value: Any, num_envs: in
     if isinstance(value, list | tuple) and not isinstance(batched_space, spaces.Tuple):
         if len(value) != num_envs:
             raise InvalidActionError(f"expected {num_envs} actions (one per lane), got {len(value)}")
-        if all(isinstance(item, np.ndarray) for item in value) or isinstance(single_space, spaces.Box | spaces.Discrete | spaces.MultiDiscrete | spaces.MultiBinary):
+        if all(isinstance(item, np.ndarray) for item in value) or isinstance(
+            single_space, spaces.Box | spaces.Discrete | spaces.MultiDiscrete | spaces.MultiBinary
+        ):
             try:
                 value = np.stack([np.asarray(item) for item in value])
             except ValueError as error:

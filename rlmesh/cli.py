@@ -19,12 +19,20 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve an env (one fresh env per client session)")
     serve.add_argument("source", help="Gymnasium id (CartPole-v1, gym://CartPole-v1) or module:callable")
-    serve.add_argument("--address", default="tcp://127.0.0.1:0",
-                       help="tcp://host:port, host:port, a port, unix:///path or ipc:///path (port 0 picks one)")
+    serve.add_argument(
+        "--address",
+        default="tcp://127.0.0.1:0",
+        help="tcp://host:port, host:port, a port, unix:///path or ipc:///path (port 0 picks one)",
+    )
     serve.add_argument("--num-envs", type=int, default=None, help="serve a vector env of N lanes")
     serve.add_argument("--vectorization-mode", choices=VECTORIZATION_MODES, default="sync")
-    serve.add_argument("--kwarg", action="append", default=[], metavar="KEY=JSON",
-                       help="keyword argument for the env constructor (repeatable; JSON values)")
+    serve.add_argument(
+        "--kwarg",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="keyword argument for the env constructor (repeatable; JSON values)",
+    )
     serve.add_argument("--ready-file", default=None, help="write the bound address here once serving")
     serve.add_argument("--allow-remote-shutdown", action="store_true")
     serve.add_argument("--idle-timeout", type=float, default=None, help="close sessions idle this many seconds")
@@ -36,8 +44,9 @@ def serve_command(args: argparse.Namespace) -> int:
     """Run ``rlmesh serve``; returns the exit code."""
     from rlmesh.server import EnvServer, ServeOptions
 
-    factory = env_factory(args.source, num_envs=args.num_envs, vectorization_mode=args.vectorization_mode,
-                          kwargs=parse_kwargs(args.kwarg))
+    factory = env_factory(
+        args.source, num_envs=args.num_envs, vectorization_mode=args.vectorization_mode, kwargs=parse_kwargs(args.kwarg)
+    )
     options = ServeOptions(allow_remote_shutdown=args.allow_remote_shutdown, idle_timeout_seconds=args.idle_timeout)
     server = EnvServer(factory, args.address, options=options)
 

@@ -239,7 +239,9 @@ class RemoteVectorEnvBase(_RemoteBase[ObsT, ActT]):
         self.num_envs: int = contract.num_envs
         self.single_observation_space: Space[Any] = space_from_spec(contract.observation_space, self.bridge)
         self.single_action_space: Space[Any] = space_from_spec(contract.action_space, self.bridge)
-        self.observation_space: Space[ObsT] = space_from_spec(batch_spec(contract.observation_space, self.num_envs), self.bridge)
+        self.observation_space: Space[ObsT] = space_from_spec(
+            batch_spec(contract.observation_space, self.num_envs), self.bridge
+        )
         self.action_space: Space[ActT] = space_from_spec(batch_spec(contract.action_space, self.num_envs), self.bridge)
 
     def reset(

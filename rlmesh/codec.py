@@ -86,8 +86,7 @@ class _Encoder:
         self.nbytes += array.nbytes
         if self.nbytes > self.limits.max_message_bytes:
             raise _EncodeError(
-                f"message exceeds max_message_bytes={self.limits.max_message_bytes} "
-                f"({self.nbytes} bytes of tensors)"
+                f"message exceeds max_message_bytes={self.limits.max_message_bytes} ({self.nbytes} bytes of tensors)"
             )
         index = len(self.buffers)
         self.descriptors.append([code, array.shape])

@@ -116,7 +116,8 @@ class Connection:
                 raise EndpointTimeoutError(f"no reply to {op!r} from {self.endpoint} within {timeout:g}s")
             if lost_at is not None and now - lost_at >= RECONNECT_GRACE_S and not connecting:
                 raise EndpointConnectionError(
-                    f"{self.endpoint} is unreachable (no connection for {RECONNECT_GRACE_S:g}s); the server stopped or crashed"
+                    f"{self.endpoint} is unreachable (no connection for {RECONNECT_GRACE_S:g}s); "
+                    "the server stopped or crashed"
                 )
 
     def _read_monitor(self) -> None:

@@ -57,6 +57,4 @@ class SandboxError(RLMeshError, RuntimeError):
 
 def missing_extra(extra: str, module: str) -> ImportError:
     """An ImportError telling the user which extra installs ``module``."""
-    return ImportError(
-        f"{module} is required for this feature; install it with: pip install \"rlmesh[{extra}]\""
-    )
+    return ImportError(f'{module} is required for this feature; install it with: pip install "rlmesh[{extra}]"')

@@ -273,7 +273,9 @@ class EnvServer:
     def _session(self, identity: bytes) -> _Session:
         session = self._sessions.get(identity)
         if session is None:
-            raise _Refusal(p.E_NO_SESSION, "no session for this client (the server may have restarted or closed it); reconnect")
+            raise _Refusal(
+                p.E_NO_SESSION, "no session for this client (the server may have restarted or closed it); reconnect"
+            )
         session.last_seen = time.monotonic()
         return session
 
@@ -282,7 +284,9 @@ class EnvServer:
             raise ProtocolError("hello expects a dict payload")
         version = payload.get("protocol")
         if version != p.PROTOCOL_VERSION:
-            raise _Refusal(p.E_VERSION, f"protocol version mismatch: client speaks {version!r}, server speaks {p.PROTOCOL_VERSION}")
+            raise _Refusal(
+                p.E_VERSION, f"protocol version mismatch: client speaks {version!r}, server speaks {p.PROTOCOL_VERSION}"
+            )
         if self._stop.is_set():
             raise _Refusal(p.E_SHUTTING_DOWN, "the server is shutting down")
         if identity not in self._sessions:
@@ -355,7 +359,13 @@ class EnvServer:
                 frames = encode_message(kind, request_id, _sanitized(payload))
                 log.warning("reply held values that cannot cross the wire; sent their repr: %s", error)
             except (TypeError, ValueError):
-                self._send_error(identity, request_id, p.E_ENV, f"the env returned a value that cannot cross the wire: {error}", error)
+                self._send_error(
+                    identity,
+                    request_id,
+                    p.E_ENV,
+                    f"the env returned a value that cannot cross the wire: {error}",
+                    error,
+                )
                 return
         try:
             self._socket.send_multipart([identity, *frames], copy=len(frames) == 1)
@@ -363,7 +373,9 @@ class EnvServer:
             log.info("dropping reply to a vanished client: %s", error)
             self._end_session(identity)
 
-    def _send_error(self, identity: bytes, request_id: int, code: str, message: str, error: BaseException | None = None) -> None:
+    def _send_error(
+        self, identity: bytes, request_id: int, code: str, message: str, error: BaseException | None = None
+    ) -> None:
         self._send(identity, p.ERROR, request_id, p.error_payload(code, message, error))
 
     # -- cleanup ------------------------------------------------------------------------

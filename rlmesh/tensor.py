@@ -45,9 +45,7 @@ def wire_dtype(dtype: Any) -> np.dtype:
     try:
         resolved = np.dtype(dtype)
     except TypeError as error:
-        raise ValueError(
-            f"dtype {dtype!r} is not a wire dtype; use one of {', '.join(WIRE_DTYPES)}"
-        ) from error
+        raise ValueError(f"dtype {dtype!r} is not a wire dtype; use one of {', '.join(WIRE_DTYPES)}") from error
     if resolved.byteorder == ">":
         resolved = resolved.newbyteorder("=")
     if resolved not in _SUPPORTED:
@@ -227,8 +225,8 @@ class Tensor:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Tensor):
             return NotImplemented
-        return self.shape == other.shape and self.dtype == other.dtype and bool(
-            np.array_equal(self._array, other._array)
+        return (
+            self.shape == other.shape and self.dtype == other.dtype and bool(np.array_equal(self._array, other._array))
         )
 
     __hash__ = None  # type: ignore[assignment]

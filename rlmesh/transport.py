@@ -59,8 +59,7 @@ def receive_tensors(socket: zmq.Socket, header: Header) -> list[Tensor]:
         if received != array.nbytes:
             drain(socket)
             raise ProtocolError(
-                f"tensor frame of {received} bytes does not match shape {shape} {dtype.name} "
-                f"({array.nbytes} bytes)"
+                f"tensor frame of {received} bytes does not match shape {shape} {dtype.name} ({array.nbytes} bytes)"
             )
         tensors.append(Tensor._wrap(array))
     if drain(socket):

@@ -8,8 +8,20 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-WIRE_DTYPES = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-               "float16", "float32", "float64")
+WIRE_DTYPES = (
+    "bool",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "float16",
+    "float32",
+    "float64",
+)
 
 
 class DictTupleEnv(gym.Env):
@@ -18,11 +30,13 @@ class DictTupleEnv(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self) -> None:
-        self.observation_space = spaces.Dict({
-            "position": spaces.Box(-1.0, 1.0, (3,), np.float32),
-            "flags": spaces.MultiBinary(4),
-            "pair": spaces.Tuple((spaces.Discrete(5), spaces.Box(0.0, 10.0, (2,), np.float64))),
-        })
+        self.observation_space = spaces.Dict(
+            {
+                "position": spaces.Box(-1.0, 1.0, (3,), np.float32),
+                "flags": spaces.MultiBinary(4),
+                "pair": spaces.Tuple((spaces.Discrete(5), spaces.Box(0.0, 10.0, (2,), np.float64))),
+            }
+        )
         self.action_space = spaces.Dict({"move": spaces.Box(-1.0, 1.0, (2,), np.float32), "jump": spaces.Discrete(2)})
         self._t = 0
 

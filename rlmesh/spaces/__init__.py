@@ -67,7 +67,10 @@ def batch_spec(spec: SpaceSpec, num_envs: int) -> SpaceSpec:
     """The spec of ``num_envs`` stacked values, following ``gymnasium.vector.utils.batch_space``."""
     d = spec.details
     if spec.kind == "box":
-        details = {k: compact_bound(np.stack([np.broadcast_to(np.asarray(d[k]), spec.shape)] * num_envs)) for k in ("low", "high")}
+        details = {
+            k: compact_bound(np.stack([np.broadcast_to(np.asarray(d[k]), spec.shape)] * num_envs))
+            for k in ("low", "high")
+        }
         return SpaceSpec("box", (num_envs, *spec.shape), spec.dtype, details)
     if spec.kind == "discrete":
         details = {"nvec": [d["n"]] * num_envs, "start": [d.get("start", 0)] * num_envs}

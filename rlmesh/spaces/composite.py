@@ -55,7 +55,9 @@ class Tuple(Space[tuple[Any, ...]]):
 
     def __init__(self, spaces: Sequence[Space[Any]], *, bridge: Bridge = TENSOR_BRIDGE, seed: int | None = None):
         self.spaces = tuple(spaces)
-        super().__init__(SpaceSpec("tuple", (), None, {"spaces": [s.spec for s in self.spaces]}), bridge=bridge, seed=seed)
+        super().__init__(
+            SpaceSpec("tuple", (), None, {"spaces": [s.spec for s in self.spaces]}), bridge=bridge, seed=seed
+        )
         if seed is not None:
             self.seed(seed)
 

@@ -30,7 +30,9 @@ def spec_from_gymnasium_space(space: Any) -> SpaceSpec:
     spaces = _gymnasium_spaces()
     if isinstance(space, spaces.Box):
         dtype = _space_dtype(space)
-        return SpaceSpec("box", space.shape, dtype, {"low": compact_bound(space.low), "high": compact_bound(space.high)})
+        return SpaceSpec(
+            "box", space.shape, dtype, {"low": compact_bound(space.low), "high": compact_bound(space.high)}
+        )
     if isinstance(space, spaces.Discrete):
         return SpaceSpec("discrete", (), _space_dtype(space), {"n": int(space.n), "start": int(space.start)})
     if isinstance(space, spaces.MultiBinary):
@@ -39,10 +41,16 @@ def spec_from_gymnasium_space(space: Any) -> SpaceSpec:
         details = {"nvec": space.nvec.tolist(), "start": space.start.tolist()}
         return SpaceSpec("multi_discrete", space.shape, _space_dtype(space), details)
     if isinstance(space, spaces.Text):
-        details = {"min_length": int(space.min_length), "max_length": int(space.max_length), "charset": "".join(sorted(space.character_set))}
+        details = {
+            "min_length": int(space.min_length),
+            "max_length": int(space.max_length),
+            "charset": "".join(sorted(space.character_set)),
+        }
         return SpaceSpec("text", (), None, details)
     if isinstance(space, spaces.Dict):
-        return SpaceSpec("dict", (), None, {"spaces": {str(k): spec_from_gymnasium_space(v) for k, v in space.spaces.items()}})
+        return SpaceSpec(
+            "dict", (), None, {"spaces": {str(k): spec_from_gymnasium_space(v) for k, v in space.spaces.items()}}
+        )
     if isinstance(space, spaces.Tuple):
         return SpaceSpec("tuple", (), None, {"spaces": [spec_from_gymnasium_space(v) for v in space.spaces]})
     raise ValueError(
@@ -72,7 +80,9 @@ def to_gymnasium_space(spec_or_space: Any) -> Any:
     if spec.kind == "multi_binary":
         return spaces.MultiBinary(list(spec.shape))
     if spec.kind == "multi_discrete":
-        return spaces.MultiDiscrete(np.asarray(d["nvec"]), dtype=np.dtype(spec.dtype), start=np.asarray(d.get("start", 0)))
+        return spaces.MultiDiscrete(
+            np.asarray(d["nvec"]), dtype=np.dtype(spec.dtype), start=np.asarray(d.get("start", 0))
+        )
     if spec.kind == "text":
         return spaces.Text(d["max_length"], min_length=d["min_length"], charset=d["charset"])
     if spec.kind == "dict":

@@ -61,9 +61,7 @@ class Box(Space[Any]):
         self.high = np.broadcast_to(np.asarray(high, dtype=dtype), shape).copy()
         if np.any(self.low > self.high):
             raise ValueError(f"Box low must not exceed high; got low={low!r}, high={high!r}")
-        spec = SpaceSpec(
-            "box", shape, dtype.name, {"low": compact_bound(self.low), "high": compact_bound(self.high)}
-        )
+        spec = SpaceSpec("box", shape, dtype.name, {"low": compact_bound(self.low), "high": compact_bound(self.high)})
         super().__init__(spec, bridge=bridge, seed=seed)
 
     def _sample_numpy(self) -> np.ndarray:
@@ -105,7 +103,9 @@ class Discrete(Space[Any]):
         if not _is_integer_scalar(n) or int(n) <= 0:
             raise ValueError(f"Discrete n must be a positive integer, got {n!r}")
         self.n, self.start = int(n), int(start)
-        super().__init__(SpaceSpec("discrete", (), "int64", {"n": self.n, "start": self.start}), bridge=bridge, seed=seed)
+        super().__init__(
+            SpaceSpec("discrete", (), "int64", {"n": self.n, "start": self.start}), bridge=bridge, seed=seed
+        )
 
     def sample(self) -> Any:
         """A random integer as the backend's 0-d value for arrays, here a Python int."""
@@ -152,12 +152,24 @@ class MultiBinary(Space[Any]):
 class MultiDiscrete(Space[Any]):
     """Arrays of integers, element ``i`` in ``start[i] .. start[i] + nvec[i] - 1``."""
 
-    def __init__(self, nvec: Any, dtype: Any = np.int64, start: Any = None, *, bridge: Bridge = TENSOR_BRIDGE, seed: int | None = None):
+    def __init__(
+        self,
+        nvec: Any,
+        dtype: Any = np.int64,
+        start: Any = None,
+        *,
+        bridge: Bridge = TENSOR_BRIDGE,
+        seed: int | None = None,
+    ):
         dtype = wire_dtype(dtype)
         self.nvec = np.asarray(nvec, dtype=dtype)
         if np.any(self.nvec <= 0):
             raise ValueError(f"MultiDiscrete nvec must be positive, got {nvec!r}")
-        self.start = np.zeros_like(self.nvec) if start is None else np.broadcast_to(np.asarray(start, dtype=dtype), self.nvec.shape).copy()
+        self.start = (
+            np.zeros_like(self.nvec)
+            if start is None
+            else np.broadcast_to(np.asarray(start, dtype=dtype), self.nvec.shape).copy()
+        )
         details = {"nvec": self.nvec.tolist(), "start": self.start.tolist()}
         super().__init__(SpaceSpec("multi_discrete", self.nvec.shape, dtype.name, details), bridge=bridge, seed=seed)
 
@@ -177,7 +189,15 @@ class MultiDiscrete(Space[Any]):
 class Text(Space[str]):
     """Strings of ``min_length..max_length`` characters from ``charset``."""
 
-    def __init__(self, max_length: int, *, min_length: int = 1, charset: str | Sequence[str] = DEFAULT_CHARSET, bridge: Bridge = TENSOR_BRIDGE, seed: int | None = None):
+    def __init__(
+        self,
+        max_length: int,
+        *,
+        min_length: int = 1,
+        charset: str | Sequence[str] = DEFAULT_CHARSET,
+        bridge: Bridge = TENSOR_BRIDGE,
+        seed: int | None = None,
+    ):
         if not 0 <= min_length <= max_length:
             raise ValueError(f"Text needs 0 <= min_length <= max_length, got {min_length}, {max_length}")
         self.min_length, self.max_length = int(min_length), int(max_length)
@@ -193,7 +213,11 @@ class Text(Space[str]):
         return "".join(self._rng.choice(list(self.charset), size=length))
 
     def _contains(self, value: Any) -> bool:
-        return isinstance(value, str) and self.min_length <= len(value) <= self.max_length and set(value) <= set(self.charset)
+        return (
+            isinstance(value, str)
+            and self.min_length <= len(value) <= self.max_length
+            and set(value) <= set(self.charset)
+        )
 
     def __repr__(self) -> str:
         return f"Text({self.min_length}, {self.max_length})"

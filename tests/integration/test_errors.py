@@ -9,10 +9,10 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
+from envs import CrashingEnv, DictTupleEnv, UnencodableInfoEnv
 
 import rlmesh
 import rlmesh.numpy as rn
-from envs import CrashingEnv, DictTupleEnv, UnencodableInfoEnv
 from rlmesh.protocol import PROTOCOL_VERSION
 
 
@@ -145,7 +145,10 @@ def decode_reply(frames: list[bytes]) -> tuple[str, dict]:
         ([msgpack.packb(["step", 1, [[10, [4]]], msgpack.packb(None)])], "announces 1 tensor"),
         ([msgpack.packb(["warp", 1, [], msgpack.packb(None)])], "unknown op 'warp'"),
         ([msgpack.packb(["step", 1, [], msgpack.packb(0)])], "no session"),
-        ([msgpack.packb(["hello", 1, [], msgpack.packb({"protocol": 999})])], f"client speaks 999, server speaks {PROTOCOL_VERSION}"),
+        (
+            [msgpack.packb(["hello", 1, [], msgpack.packb({"protocol": 999})])],
+            f"client speaks 999, server speaks {PROTOCOL_VERSION}",
+        ),
     ],
 )
 def test_malformed_frames_from_a_raw_socket_get_error_replies(serve, frames, message) -> None:
@@ -168,7 +171,9 @@ def test_oversized_request_is_refused_and_server_survives(serve) -> None:
 
 def test_protocol_version_mismatch_names_both_versions(serve) -> None:
     server = serve("CartPole-v1")
-    kind, body = decode_reply(raw_request(server.address, [msgpack.packb(["hello", 1, [], msgpack.packb({"protocol": 0})])]))
+    kind, body = decode_reply(
+        raw_request(server.address, [msgpack.packb(["hello", 1, [], msgpack.packb({"protocol": 0})])])
+    )
     assert kind == "error" and body["code"] == "version" and "client speaks 0" in body["message"]
 
 

@@ -303,3 +303,18 @@ def test_on_episode_end_sees_each_episode(serve) -> None:
     model = NumpyModel(controller, on_episode_end=lambda e: ended.append((e.index, e.lane)))
     model.run(server.address, seeds=[0, 1, 2])
     assert sorted(ended) == [(0, 0), (1, 1), (2, 0)]
+
+
+def test_plain_model_on_a_vector_env_gets_tensor_lanes(serve) -> None:
+    server = serve(vector_factory(2))
+    seen: set[type] = set()
+
+    def predict(obs: Any) -> int:
+        seen.add(type(obs))
+        return controller(obs)
+
+    with rlmesh.RemoteVectorEnv(server.address) as client:
+        result = Model(predict).run(client, seeds=[0, 1, 2])
+    with rn.RemoteVectorEnv(server.address) as client:
+        expected = hand_vector(client, [0, 1, 2])
+    assert triples(result) == expected and seen == {Tensor}

@@ -7,10 +7,10 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import pytest
+from envs import DictTupleEnv, EchoEnv, ImageEnv, make_image_env
 
 import rlmesh
 import rlmesh.numpy as rn
-from envs import DictTupleEnv, EchoEnv, ImageEnv, make_image_env
 
 
 def assert_tree_equal(remote: Any, local: Any, where: str = "value") -> None:
@@ -115,7 +115,7 @@ def test_plain_backend_returns_tensors(serve) -> None:
 
 @pytest.mark.parametrize("transport", ["tcp", "unix"])
 def test_vector_cartpole_matches_sync_vector_env_across_autoresets(serve, unix_address, transport) -> None:
-    make = lambda: gym.make_vec("CartPole-v1", num_envs=4, vectorization_mode="sync")  # noqa: E731
+    make = lambda: gym.make_vec("CartPole-v1", num_envs=4, vectorization_mode="sync")
     server = serve(make, unix_address if transport == "unix" else None)
     local = make()
     rng = np.random.default_rng(3)
@@ -138,7 +138,7 @@ def test_vector_cartpole_matches_sync_vector_env_across_autoresets(serve, unix_a
 
 
 def test_vector_reset_with_one_seed_matches(serve) -> None:
-    make = lambda: gym.make_vec("CartPole-v1", num_envs=3, vectorization_mode="sync")  # noqa: E731
+    make = lambda: gym.make_vec("CartPole-v1", num_envs=3, vectorization_mode="sync")
     server = serve(make)
     local = make()
     with rn.RemoteVectorEnv(server.address) as remote:

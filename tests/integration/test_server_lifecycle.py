@@ -8,9 +8,9 @@ import time
 
 import gymnasium as gym
 import pytest
+from envs import CloseCounter
 
 import rlmesh.numpy as rn
-from envs import CloseCounter
 from rlmesh import EnvServer, ServeOptions
 
 
@@ -150,5 +150,7 @@ def test_cli_bad_source_exits_with_an_error(tmp_path) -> None:
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "rlmesh", "serve", "NoSuchEnv-v9"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "rlmesh", "serve", "NoSuchEnv-v9"], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2 and "NoSuchEnv" in result.stderr

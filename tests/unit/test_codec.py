@@ -15,8 +15,18 @@ def round_trip(value, **kwargs):
 
 
 def test_primitives_and_containers_keep_their_types() -> None:
-    value = {"none": None, "b": True, "i": -3, "big": 2**63 - 1, "f": 1.5, "s": "é", "by": b"\x00\x01",
-             "list": [1, (2, 3), [4]], "tuple": (1, (2, (3,))), "nested": {"a": {"b": []}}}
+    value = {
+        "none": None,
+        "b": True,
+        "i": -3,
+        "big": 2**63 - 1,
+        "f": 1.5,
+        "s": "é",
+        "by": b"\x00\x01",
+        "list": [1, (2, 3), [4]],
+        "tuple": (1, (2, (3,))),
+        "nested": {"a": {"b": []}},
+    }
     frames, decoded = round_trip(value)
     assert len(frames) == 1  # no tensors, header only
     assert decoded == value

@@ -350,3 +350,21 @@ def test_random_sample_on_a_local_env_repeats_with_the_same_seeds() -> None:
     first = rlmesh.models.run(RANDOM_SAMPLE, gym.make("CartPole-v1"), seeds=[0, 1, 2])
     second = run(RANDOM_SAMPLE, gym.make("CartPole-v1"), seeds=[0, 1, 2])
     assert first.rewards == second.rewards and first.num_episodes == 3
+
+
+def test_jax_device_placement() -> None:
+    jax = pytest.importorskip("jax")
+    import rlmesh.jax as rj
+
+    devices: list[Any] = []
+
+    def predict(obs: Any) -> int:
+        devices.append(next(iter(obs.devices())))
+        return int(obs[2] + obs[3] > 0)
+
+    model = rj.Model(predict, device="cpu")
+    assert model.device == jax.devices("cpu")[0]
+    model.run(gym.make("CartPole-v1"), seeds=[0], max_episode_steps=3)
+    assert set(devices) == {jax.devices("cpu")[0]}
+    with pytest.raises(ValueError, match="not available to JAX"):
+        _ = rj.Model(predict, device="cpu:7").device

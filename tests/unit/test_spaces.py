@@ -91,8 +91,11 @@ def test_numpy_bridge_discrete_sample_is_a_numpy_integer() -> None:
 
 @pytest.mark.parametrize(
     "space",
-    [gym.spaces.Graph(gym.spaces.Box(0, 1, (2,)), None), gym.spaces.Sequence(gym.spaces.Discrete(2)),
-     gym.spaces.OneOf([gym.spaces.Discrete(2)])],
+    [
+        gym.spaces.Graph(gym.spaces.Box(0, 1, (2,)), None),
+        gym.spaces.Sequence(gym.spaces.Discrete(2)),
+        gym.spaces.OneOf([gym.spaces.Discrete(2)]),
+    ],
     ids=lambda s: type(s).__name__,
 )
 def test_unsupported_gymnasium_spaces_fail_loudly(space) -> None:
@@ -103,8 +106,12 @@ def test_unsupported_gymnasium_spaces_fail_loudly(space) -> None:
 def test_batch_spec_matches_gymnasium_batch_space() -> None:
     from gymnasium.vector.utils import batch_space
 
-    for gym_space in [gym.spaces.Discrete(3, start=1), gym.spaces.Box(-1, 1, (2,)), gym.spaces.MultiBinary(3),
-                      gym.spaces.Dict({"x": gym.spaces.Discrete(2)})]:
+    for gym_space in [
+        gym.spaces.Discrete(3, start=1),
+        gym.spaces.Box(-1, 1, (2,)),
+        gym.spaces.MultiBinary(3),
+        gym.spaces.Dict({"x": gym.spaces.Discrete(2)}),
+    ]:
         spec = spec_from_gymnasium_space(gym_space)
         assert batch_spec(spec, 4) == spec_from_gymnasium_space(batch_space(gym_space, 4))
 
