@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import numpy as np
@@ -297,15 +296,7 @@ def _make_checker(spec: Any, num_envs: int | None = None, role: str = "action") 
     return make_action_checker(spec, num_envs=num_envs)
 
 
-@dataclass(frozen=True)
-class JaxBridge(Bridge):
-    """The Bridge table plus ``make_checker(spec, num_envs, role)``, used by the client to
-    validate actions (and, when asked, observations) locally with :mod:`rlmesh.checks`."""
-
-    make_checker: Callable[..., Callable[[Any], None]] | None = None
-
-
-JAX_BRIDGE = JaxBridge(
+JAX_BRIDGE = Bridge(
     name="jax",
     decode_leaf=asarray,
     encode_leaf=_encode_leaf,

@@ -29,9 +29,10 @@ class Bridge:
         from_numpy: Turn a NumPy array (e.g. a space sample) into a backend value.
         to_numpy: Turn a backend array leaf into a NumPy array (may share memory).
         is_array: Whether a leaf is this backend's array type.
-        make_checker: Optional ``(spec, num_envs) -> check(value)`` that clients use to
-            validate actions (and, on request, observations) locally before they cross the
-            wire; ``num_envs`` is None for single envs. Without it the server validates.
+        make_checker: Optional ``(spec, num_envs, role) -> check(value)`` that clients use to
+            validate actions (``role="action"``) and, on request, observations
+            (``role="observation"``) locally; ``num_envs`` is None for single envs. Without it
+            the server still validates every action.
     """
 
     name: str
@@ -40,7 +41,7 @@ class Bridge:
     from_numpy: Callable[[np.ndarray], Any]
     to_numpy: Callable[[Any], np.ndarray]
     is_array: Callable[[Any], bool]
-    make_checker: Callable[[Any, int | None], Callable[[Any], None]] | None = None
+    make_checker: Callable[[Any, int | None, str], Callable[[Any], None]] | None = None
 
 
 def _tensor_to_numpy(value: Any) -> np.ndarray:

@@ -65,14 +65,16 @@ class _RemoteBase(Generic[ObsT, ActT]):
         bridge = self.bridge
         self._decode = bridge.decode_leaf
         self._encode = bridge.encode_leaf
-        self._action_check = self._make_checker(self._contract.action_space, validate_actions)
-        self._observation_check = self._make_checker(self._contract.observation_space, validate_observations)
+        self._action_check = self._make_checker(self._contract.action_space, validate_actions, "action")
+        self._observation_check = self._make_checker(
+            self._contract.observation_space, validate_observations, "observation"
+        )
 
-    def _make_checker(self, spec: Any, enabled: bool) -> Callable[[Any], None] | None:
-        factory = getattr(self.bridge, "make_checker", None)
+    def _make_checker(self, spec: Any, enabled: bool, role: str) -> Callable[[Any], None] | None:
+        factory = self.bridge.make_checker
         if not enabled or factory is None:
             return None
-        return factory(spec, self._contract.num_envs)
+        return factory(spec, self._contract.num_envs, role)
 
     def _check_arity(self) -> None:
         vector = self._contract.is_vector

@@ -71,8 +71,9 @@ class Box(Space[Any]):
             return self._rng.integers(0, 2, size=self.shape).astype(bool)
         if dtype.kind in "iu":
             info = np.iinfo(dtype)
-            low = np.maximum(self.low.astype(np.int64), max(info.min, -(2**62)))
-            high = np.minimum(self.high.astype(np.int64), min(info.max, 2**62))
+            # Clip before casting: uint64 bounds do not fit in int64.
+            low = np.maximum(self.low, max(info.min, -(2**62))).astype(np.int64)
+            high = np.minimum(self.high, min(info.max, 2**62)).astype(np.int64)
             return self._rng.integers(low, high, endpoint=True, size=self.shape).astype(dtype)
         low, high = self.low.astype(np.float64), self.high.astype(np.float64)
         sample = np.empty(self.shape, dtype=np.float64)
