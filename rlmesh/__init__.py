@@ -20,6 +20,8 @@ from rlmesh.errors import (
     RLMeshError,
     SandboxError,
 )
+from rlmesh.evaluation import EpisodeResult, RunResult
+from rlmesh.models import RANDOM_SAMPLE, Model, ModelBase, run
 from rlmesh.plain import RemoteEnv, RemoteVectorEnv, SandboxEnv, SandboxVectorEnv
 from rlmesh.sandbox import SandboxBuildError, SandboxStartupError
 from rlmesh.server import EnvServer, ServeOptions
@@ -33,14 +35,19 @@ __all__ = [
     "EnvBusyError",
     "EnvContract",
     "EnvServer",
+    "EpisodeResult",
     "InvalidActionError",
+    "Model",
+    "ModelBase",
     "ProtocolError",
+    "RANDOM_SAMPLE",
     "RLMeshError",
     "RemoteEnv",
     "RemoteEnvBase",
     "RemoteEnvError",
     "RemoteVectorEnv",
     "RemoteVectorEnvBase",
+    "RunResult",
     "SandboxBuildError",
     "SandboxEnv",
     "SandboxError",
@@ -50,6 +57,7 @@ __all__ = [
     "SpaceSpec",
     "Tensor",
     "__version__",
+    "run",
     "spaces",
     "specs",
 ]

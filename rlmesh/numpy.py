@@ -15,6 +15,7 @@ import numpy as np
 
 from rlmesh.bridges import NUMPY_BRIDGE
 from rlmesh.client import RemoteEnvBase, RemoteVectorEnvBase
+from rlmesh.models import ModelBase
 from rlmesh.sandbox.env import SandboxEnvBase, SandboxVectorEnvBase
 from rlmesh.spaces import Space
 from rlmesh.spaces import space_from_spec as _space_from_spec
@@ -49,6 +50,13 @@ class RemoteVectorEnv(RemoteVectorEnvBase[NumpyValue, NumpyValue]):
 
 
 @final
+class Model(ModelBase[NumpyValue, NumpyValue]):
+    """NumPy-backed model: ``predict`` receives NumPy observations."""
+
+    bridge = NUMPY_BRIDGE
+
+
+@final
 class SandboxEnv(SandboxEnvBase[NumpyValue, NumpyValue]):
     """Owned sandbox session for one environment; its client is :class:`RemoteEnv`."""
 
@@ -63,6 +71,7 @@ class SandboxVectorEnv(SandboxVectorEnvBase[NumpyValue, NumpyValue]):
 
 
 __all__ = [
+    "Model",
     "NumpyValue",
     "RemoteEnv",
     "RemoteVectorEnv",

@@ -12,9 +12,8 @@ from envs import CrashingEnv, DictTupleEnv
 
 import rlmesh
 import rlmesh.numpy as rn
-from rlmesh.bridges import NUMPY_BRIDGE
 from rlmesh.errors import EnvBusyError, InvalidActionError, RemoteEnvError
-from rlmesh.models import RANDOM_SAMPLE, Model, ModelBase, run
+from rlmesh.models import RANDOM_SAMPLE, Model, run
 from rlmesh.tensor import Tensor
 
 jax = pytest.importorskip("jax")
@@ -22,11 +21,7 @@ import jax.numpy as jnp  # noqa: E402
 
 import rlmesh.jax as rj  # noqa: E402
 
-
-class NumpyModel(ModelBase[Any, Any]):
-    """The NumPy binding, as rlmesh/numpy.py declares it."""
-
-    bridge = NUMPY_BRIDGE
+NumpyModel = rlmesh.numpy.Model
 
 
 def controller(obs: Any) -> int:

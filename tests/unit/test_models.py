@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 import rlmesh
+import rlmesh.numpy
 from rlmesh.bridges import NUMPY_BRIDGE, TENSOR_BRIDGE
 from rlmesh.errors import InvalidActionError
 from rlmesh.evaluation import DEFAULT_MAX_EPISODE_STEPS, EpisodeResult, RunResult, evaluate
 from rlmesh.models import (
     RANDOM_SAMPLE,
     Model,
-    ModelBase,
     _batched_to_numpy,
     _converter,
     _split_lane,
@@ -32,10 +32,7 @@ BOX2 = SpaceSpec("box", (2,), "float32", {"low": -1.0, "high": 1.0})
 DICT = SpaceSpec("dict", (), None, {"spaces": {"move": BOX2, "jump": DISCRETE}})
 
 
-class NumpyModel(ModelBase[Any, Any]):
-    """The NumPy binding, as rlmesh/numpy.py declares it."""
-
-    bridge = NUMPY_BRIDGE
+NumpyModel = rlmesh.numpy.Model
 
 
 def cartpole_policy(obs: np.ndarray) -> int:
@@ -326,7 +323,7 @@ def test_model_exception_propagates_with_a_note() -> None:
 
     with pytest.raises(RuntimeError, match="policy exploded") as info:
         NumpyModel(broken).run(gym.make("CartPole-v1"))
-    assert any("raised while running NumpyModel" in note for note in info.value.__notes__)
+    assert any("raised while running Model" in note for note in info.value.__notes__)
 
 
 def test_hooks_load_episode_end_and_close() -> None:

@@ -27,7 +27,25 @@ EXPECTED_CORE = {
     "__version__",
     "spaces",
     "specs",
+    "Model",
+    "ModelBase",
+    "RunResult",
+    "EpisodeResult",
+    "run",
+    "RANDOM_SAMPLE",
+    "SandboxEnv",
+    "SandboxVectorEnv",
 }
+EXPECTED_BACKEND = {
+    "RemoteEnv",
+    "RemoteVectorEnv",
+    "Model",
+    "SandboxEnv",
+    "SandboxVectorEnv",
+    "space_from_spec",
+    "asarray",
+}
+EXPECTED_JAX = EXPECTED_BACKEND | {"ensure_available", "from_array", "JaxValue"}
 
 
 def test_core_surface_has_not_drifted() -> None:
@@ -37,6 +55,20 @@ def test_core_surface_has_not_drifted() -> None:
         obj = getattr(rlmesh, name)
         if callable(obj) and not isinstance(obj, type(rlmesh)):
             assert obj.__doc__, f"{name} has no docstring"
+
+
+def test_backend_surfaces_match_the_seed() -> None:
+    import rlmesh.jax
+    import rlmesh.numpy
+
+    assert set(rlmesh.numpy.__all__) >= EXPECTED_BACKEND
+    assert set(rlmesh.jax.__all__) >= EXPECTED_JAX
+    for module in (rlmesh.numpy, rlmesh.jax):
+        for name in module.__all__:
+            assert getattr(module, name).__doc__ or name.endswith("Value"), f"{module.__name__}.{name}"
+    assert rlmesh.jax.SandboxEnv.client_class is rlmesh.jax.RemoteEnv
+    assert rlmesh.jax.SandboxVectorEnv.client_class is rlmesh.jax.RemoteVectorEnv
+    assert issubclass(rlmesh.jax.Model, rlmesh.ModelBase)
 
 
 def test_errors_subclass_the_builtins_users_catch() -> None:
