@@ -36,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ready-file", default=None, help="write the bound address here once serving")
     serve.add_argument("--allow-remote-shutdown", action="store_true")
     serve.add_argument("--idle-timeout", type=float, default=None, help="close sessions idle this many seconds")
+    serve.add_argument(
+        "--busy-poll-us",
+        type=float,
+        default=0.0,
+        help="after each reply, spin this many microseconds for the next request (CPU for latency)",
+    )
     serve.add_argument("--quiet", action="store_true", help="do not print the bound address")
     return parser
 
@@ -47,7 +53,11 @@ def serve_command(args: argparse.Namespace) -> int:
     factory = env_factory(
         args.source, num_envs=args.num_envs, vectorization_mode=args.vectorization_mode, kwargs=parse_kwargs(args.kwarg)
     )
-    options = ServeOptions(allow_remote_shutdown=args.allow_remote_shutdown, idle_timeout_seconds=args.idle_timeout)
+    options = ServeOptions(
+        allow_remote_shutdown=args.allow_remote_shutdown,
+        idle_timeout_seconds=args.idle_timeout,
+        busy_poll_seconds=args.busy_poll_us / 1e6,
+    )
     server = EnvServer(factory, args.address, options=options)
 
     def stop(signum: int, frame: Any) -> None:

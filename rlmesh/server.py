@@ -18,7 +18,7 @@ from rlmesh.codec import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_TENSORS, Limits,
 from rlmesh.env_runner import EnvRunner, is_vector_env, plain_data
 from rlmesh.errors import BadRequestError, InvalidActionError, ProtocolError
 from rlmesh.tensor import Tensor
-from rlmesh.transport import configure, shared_context
+from rlmesh.transport import IN_PROCESS_ENDPOINTS, configure, shared_context
 
 log = logging.getLogger("rlmesh.server")
 
@@ -40,6 +40,9 @@ class ServeOptions:
         close_timeout_seconds: Give up waiting for an ``env.close()`` after this long.
         max_message_bytes: Largest accepted request (header plus tensors).
         max_tensors: Most tensor frames per request.
+        busy_poll_seconds: After each reply, spin up to this long for the next request before
+            sleeping (0 disables). Keeps the serving core awake for clients that step back to
+            back, at the cost of CPU.
     """
 
     allow_remote_shutdown: bool = False
@@ -48,12 +51,15 @@ class ServeOptions:
     close_timeout_seconds: float | None = None
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_tensors: int = DEFAULT_MAX_TENSORS
+    busy_poll_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("idle_timeout_seconds", "drain_timeout_seconds", "close_timeout_seconds"):
             value = getattr(self, name)
             if value is not None and not value >= 0:
                 raise ValueError(f"{name} must be None or >= 0, got {value!r}")
+        if not self.busy_poll_seconds >= 0:
+            raise ValueError(f"busy_poll_seconds must be >= 0, got {self.busy_poll_seconds!r}")
         if self.max_message_bytes <= 0:
             raise ValueError(f"max_message_bytes must be positive, got {self.max_message_bytes!r}")
 
@@ -146,6 +152,7 @@ class EnvServer:
             self._close_runner(self._spare)
             raise OSError(f"cannot bind {endpoint}: {error}") from None
         self.address: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        IN_PROCESS_ENDPOINTS.add(self.address)
 
     # -- lifecycle ----------------------------------------------------------------------
     @property
@@ -202,6 +209,7 @@ class EnvServer:
     def _loop(self) -> None:
         socket = self._socket
         next_sweep = time.monotonic() + 1.0
+        spin = self.options.busy_poll_seconds
         drain_deadline: float | None = None
         while True:
             if self._stop.is_set():
@@ -211,12 +219,23 @@ class EnvServer:
                     return
             if socket.poll(_POLL_MS):
                 # Serve everything queued before polling again; EVENTS avoids a raised Again.
-                while socket.getsockopt(_EVENTS) & _POLLIN:
+                while socket.getsockopt(_EVENTS) & _POLLIN or self._spin(spin):
                     self._handle(socket.recv_multipart())
             now = time.monotonic()
             if now >= next_sweep:
                 next_sweep = now + 1.0
                 self._sweep(now)
+
+    def _spin(self, seconds: float) -> bool:
+        """Busy-wait up to ``seconds`` for the next request; whether one arrived."""
+        if seconds <= 0:
+            return False
+        socket, clock = self._socket, time.perf_counter
+        end = clock() + seconds
+        while clock() < end:
+            if socket.getsockopt(_EVENTS) & _POLLIN:
+                return True
+        return False
 
     def _handle(self, frames: list[bytes]) -> None:
         # Requests are small (actions), so the whole message is read at once; each tensor
@@ -403,6 +422,7 @@ class EnvServer:
         self._close_runner(self._spare)
         self._close_runner(self._shared_runner)
         self._socket.close(linger=0)
+        IN_PROCESS_ENDPOINTS.discard(self.address)
         path = ipc_path(self.address)
         if path and os.path.exists(path):
             try:

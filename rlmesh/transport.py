@@ -16,6 +16,10 @@ HEARTBEAT_INTERVAL_MS = 1000
 HEARTBEAT_TIMEOUT_MS = 3000
 _RCVMORE = int(zmq.RCVMORE)
 
+# Endpoints bound by EnvServers in this process. Clients do not busy-poll them: a spinning
+# client thread holds the GIL the server thread needs.
+IN_PROCESS_ENDPOINTS: set[str] = set()
+
 
 def shared_context() -> zmq.Context:
     """The process-wide ZeroMQ context."""
