@@ -213,6 +213,39 @@ def parse_header(frame: bytes | memoryview, limits: Limits = DEFAULT_LIMITS) -> 
     return Header(kind, request_id, shapes, body)
 
 
+class _ExtensionDecoder:
+    """msgpack ext_hook binding placeholders to tensors and rebuilding tuples.
+
+    A class rather than a closure: a self-referencing closure is a reference cycle that would
+    keep every received tensor alive until the cyclic garbage collector runs.
+    """
+
+    __slots__ = ("decode_leaf", "depth", "max_depth", "tensors")
+
+    def __init__(self, tensors: Sequence[Tensor], decode_leaf: Callable[[Tensor], Any] | None, max_depth: int) -> None:
+        self.tensors = tensors
+        self.decode_leaf = decode_leaf
+        self.max_depth = max_depth
+        self.depth = 0
+
+    def __call__(self, code: int, data: bytes) -> Any:
+        if code == TENSOR_EXT:
+            (index,) = _INDEX.unpack(data)
+            if index >= len(self.tensors):
+                raise ValueError(f"tensor placeholder {index} but only {len(self.tensors)} tensor frames")
+            tensor = self.tensors[index]
+            return tensor if self.decode_leaf is None else self.decode_leaf(tensor)
+        if code == TUPLE_EXT:
+            self.depth += 1
+            if self.depth > self.max_depth:
+                raise ValueError(f"value nests deeper than max_depth={self.max_depth}")
+            try:
+                return tuple(msgpack.unpackb(data, raw=False, ext_hook=self))
+            finally:
+                self.depth -= 1
+        raise ValueError(f"unknown extension type {code}")
+
+
 def decode_body(
     body: bytes,
     tensors: Sequence[Tensor],
@@ -224,25 +257,7 @@ def decode_body(
     Raises:
         ProtocolError: for malformed bodies, unknown extensions or bad tensor indices.
     """
-    depth = [0]
-
-    def ext_hook(code: int, data: bytes) -> Any:
-        if code == TENSOR_EXT:
-            (index,) = _INDEX.unpack(data)
-            if index >= len(tensors):
-                raise ValueError(f"tensor placeholder {index} but only {len(tensors)} tensor frames")
-            tensor = tensors[index]
-            return tensor if decode_leaf is None else decode_leaf(tensor)
-        if code == TUPLE_EXT:
-            depth[0] += 1
-            if depth[0] > limits.max_depth:
-                raise ValueError(f"value nests deeper than max_depth={limits.max_depth}")
-            try:
-                return tuple(msgpack.unpackb(data, raw=False, ext_hook=ext_hook))
-            finally:
-                depth[0] -= 1
-        raise ValueError(f"unknown extension type {code}")
-
+    ext_hook = _ExtensionDecoder(tensors, decode_leaf, limits.max_depth)
     try:
         return msgpack.unpackb(body, raw=False, ext_hook=ext_hook)
     except ProtocolError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -15,6 +16,13 @@ ALIGNMENT = 64
 _SLAB_BYTES = 1 << 20
 _SMALL_BYTES = 1 << 14
 _slabs = threading.local()
+# Large buffers are recycled once nothing references them any more (no array view, no
+# DLPack-imported JAX array): a fresh multi-MiB allocation page-faults on every 4 KiB page
+# the receive writes, which costs more than the copy itself.
+_POOL_PER_SIZE = 4
+_POOL_MAX_BYTES = 1 << 26
+_pool: dict[int, list[tuple[np.ndarray, int]]] = {}
+_pool_lock = threading.Lock()
 
 # The 12 dtypes that cross the wire, by name, with their one-byte wire codes.
 WIRE_DTYPES: tuple[str, ...] = (
@@ -68,6 +76,21 @@ def _aligned_raw(nbytes: int) -> tuple[np.ndarray, int]:
     return raw, (-raw.ctypes.data) % ALIGNMENT
 
 
+def _recycled_raw(nbytes: int) -> tuple[np.ndarray, int]:
+    if nbytes > _POOL_MAX_BYTES:
+        return _aligned_raw(nbytes)
+    with _pool_lock:
+        entries = _pool.setdefault(nbytes, [])
+        for entry in entries:
+            # Referenced only by its pool entry and getrefcount's argument: free.
+            if sys.getrefcount(entry[0]) <= 2:
+                return entry
+        entry = _aligned_raw(nbytes)
+        if len(entries) < _POOL_PER_SIZE:
+            entries.append(entry)
+        return entry
+
+
 def aligned_empty(shape: Sequence[int], dtype: Any) -> np.ndarray:
     """Allocate a writable C-contiguous array whose data pointer is 64-byte aligned.
 
@@ -76,7 +99,7 @@ def aligned_empty(shape: Sequence[int], dtype: Any) -> np.ndarray:
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes > _SMALL_BYTES:
-        raw, offset = _aligned_raw(nbytes)
+        raw, offset = _recycled_raw(nbytes)
         return np.ndarray(shape, dtype=dtype, buffer=raw, offset=offset)
     slab = getattr(_slabs, "slab", None)
     offset = getattr(_slabs, "offset", _SLAB_BYTES)
