@@ -8,20 +8,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-WIRE_DTYPES = (
-    "bool",
-    "int8",
-    "int16",
-    "int32",
-    "int64",
-    "uint8",
-    "uint16",
-    "uint32",
-    "uint64",
-    "float16",
-    "float32",
-    "float64",
-)
+from rlmesh.tensor import WIRE_DTYPES
 
 
 class DictTupleEnv(gym.Env):
