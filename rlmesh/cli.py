@@ -43,7 +43,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="after each reply, spin this many microseconds for the next request (CPU for latency)",
     )
     serve.add_argument("--quiet", action="store_true", help="do not print the bound address")
+    serve.add_argument("--debug", action="store_true", help="print the full traceback of an error")
     return parser
+
+
+# Optional modules and the extra that brings each, for errors that name what to install.
+EXTRAS = {"gymnasium": "gymnasium", "jax": "jax", "jaxlib": "jax", "chex": "jax", "flax": "flax", "docker": "sandbox"}
+
+
+def describe_error(error: BaseException) -> str:
+    """One line for a CLI error; a missing optional module names the extra that brings it."""
+    if isinstance(error, ModuleNotFoundError) and error.name:
+        top = error.name.split(".")[0]
+        if top in EXTRAS:
+            return f'{top} is not installed; install it with: pip install "rlmesh[{EXTRAS[top]}]"'
+    return f"{type(error).__name__}: {error}" if not str(error) else str(error)
+
+
+def display_address(bound: str, requested: str) -> str:
+    """The bound address in the scheme the user wrote (``unix://`` stays ``unix://``)."""
+    if requested.startswith("unix://") and bound.startswith("ipc://"):
+        return "unix://" + bound[len("ipc://") :]
+    return bound
 
 
 def serve_command(args: argparse.Namespace) -> int:
@@ -71,7 +92,9 @@ def serve_command(args: argparse.Namespace) -> int:
             handle.write(server.address + "\n")
         os.replace(temporary, args.ready_file)
     if not args.quiet:
-        print(f"rlmesh: serving {server.contract.id} on {server.address}", flush=True)
+        lanes = f"{server.contract.num_envs} lanes" if server.contract.num_envs is not None else "one env per client"
+        address = display_address(server.address, args.address)
+        print(f"rlmesh: serving {server.contract.id} ({lanes}) on {address}", flush=True)
     server.serve()
     return 0
 
@@ -80,11 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``rlmesh`` command."""
     logging.basicConfig(level=logging.INFO, format="rlmesh %(levelname)s %(message)s")
     args = build_parser().parse_args(argv)
+    # Like ``python -m``: a ``module:callable`` source resolves from the current directory.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     if args.command == "serve":
         try:
             return serve_command(args)
         except Exception as error:
-            traceback.print_exc()
-            print(f"rlmesh serve: error: {error}", file=sys.stderr)
+            if args.debug:
+                traceback.print_exc()
+            print(f"rlmesh serve: error: {describe_error(error)} (--debug shows the traceback)", file=sys.stderr)
             return 2
     return 2  # pragma: no cover - argparse enforces the subcommand
