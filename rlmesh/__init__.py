@@ -10,6 +10,7 @@ from rlmesh import spaces, specs
 from rlmesh._version import __version__
 from rlmesh.client import RemoteEnvBase, RemoteVectorEnvBase
 from rlmesh.errors import (
+    AsyncCallError,
     BadRequestError,
     EndpointConnectionError,
     EndpointTimeoutError,
@@ -29,6 +30,7 @@ from rlmesh.specs import EnvContract, SpaceSpec
 from rlmesh.tensor import Tensor
 
 __all__ = [
+    "AsyncCallError",
     "BadRequestError",
     "EndpointConnectionError",
     "EndpointTimeoutError",

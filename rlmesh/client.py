@@ -7,21 +7,20 @@ subclasses (see ``rlmesh/numpy.py``); all client behaviour lives here.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Generic, TypeVar
 
 from rlmesh import protocol as p
 from rlmesh.addresses import resolve_address
 from rlmesh.bridges import TENSOR_BRIDGE, Bridge
-from rlmesh.connection import DEFAULT_BUSY_POLL_SECONDS, Connection
-from rlmesh.errors import EndpointConnectionError, RLMeshError
+from rlmesh.connection import DEFAULT_BUSY_POLL_SECONDS
+from rlmesh.errors import EndpointConnectionError
+from rlmesh.fanout import EndpointGroup
 from rlmesh.spaces import Space, batch_spec, space_from_spec
 from rlmesh.specs import EnvContract
 
 ObsT = TypeVar("ObsT")
 ActT = TypeVar("ActT")
-
-_DETACH_TIMEOUT_S = 1.0
 
 
 class _RemoteBase(Generic[ObsT, ActT]):
@@ -32,7 +31,7 @@ class _RemoteBase(Generic[ObsT, ActT]):
 
     def __init__(
         self,
-        address: str | int | None = None,
+        address: str | int | Sequence[str] | None = None,
         *,
         host: str | None = None,
         port: int | None = None,
@@ -44,32 +43,63 @@ class _RemoteBase(Generic[ObsT, ActT]):
         validate_observations: bool = False,
         busy_poll_seconds: float = DEFAULT_BUSY_POLL_SECONDS,
     ) -> None:
-        self._connection: Connection | None = None
-        endpoint = resolve_address(address, host=host, port=port, path=path, transport=transport)
+        self._group: EndpointGroup | None = None
+        joined = isinstance(address, list | tuple)
+        endpoints = (
+            self._resolve(address, host, port, path, transport)
+            if joined
+            else [
+                resolve_address(address, host=host, port=port, path=path, transport=transport)  # type: ignore[arg-type]
+            ]
+        )
         if not connect_timeout_seconds > 0:
             raise ValueError(f"connect_timeout_seconds must be positive, got {connect_timeout_seconds!r}")
-        self.address = endpoint
-        self.request_timeout_seconds = request_timeout_seconds
-        self._connection = Connection(endpoint, busy_poll_seconds=busy_poll_seconds)
+        self.address = endpoints[0] if len(endpoints) == 1 else ", ".join(endpoints)
+        self._group = EndpointGroup(
+            endpoints,
+            self.bridge,
+            joined=joined,
+            connect_timeout_seconds=connect_timeout_seconds,
+            request_timeout_seconds=request_timeout_seconds,
+            busy_poll_seconds=busy_poll_seconds,
+        )
+        self._contract = self._group.contract
         try:
-            hello = self._connection.request(
-                p.HELLO,
-                {"protocol": p.PROTOCOL_VERSION, "backend": self.bridge.name},
-                timeout=connect_timeout_seconds,
-                connecting=True,
-            )
-            self._contract = EnvContract.from_dict(hello["contract"])
             self._check_arity()
         except BaseException:
             self._detach_quietly()
             raise
-        bridge = self.bridge
-        self._decode = bridge.decode_leaf
-        self._encode = bridge.encode_leaf
         self._action_check = self._make_checker(self._contract.action_space, validate_actions, "action")
         self._observation_check = self._make_checker(
             self._contract.observation_space, validate_observations, "observation"
         )
+
+    def _resolve(self, addresses: Sequence[Any], host: Any, port: Any, path: Any, transport: str | None) -> list[str]:
+        if not self._expects_vector:
+            raise TypeError(
+                f"{type(self).__name__} connects to one endpoint, got a list of {len(addresses)}; "
+                "join several endpoints with RemoteVectorEnv"
+            )
+        if not addresses:
+            raise ValueError("expected at least one endpoint address, got an empty list")
+        if host is not None or port is not None or path is not None:
+            raise ValueError("host, port and path describe one endpoint; with a list, give full addresses")
+        return [resolve_address(address, transport=transport) for address in addresses]
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """Every endpoint this client talks to, in lane order."""
+        return self._live_group().addresses if self._group is not None else ()
+
+    @property
+    def request_timeout_seconds(self) -> float | None:
+        """Per-request reply limit (None: wait, but a dead server still raises)."""
+        return self._group.request_timeout_seconds if self._group is not None else None
+
+    @request_timeout_seconds.setter
+    def request_timeout_seconds(self, value: float | None) -> None:
+        if self._group is not None:
+            self._group.request_timeout_seconds = value
 
     def _make_checker(self, spec: Any, enabled: bool, role: str) -> Callable[[Any], None] | None:
         factory = self.bridge.make_checker
@@ -119,16 +149,17 @@ class _RemoteBase(Generic[ObsT, ActT]):
     @property
     def closed(self) -> bool:
         """Whether :meth:`close` has been called."""
-        return self._connection is None or self._connection.closed
+        return self._group is None or self._group.closed
 
     # -- requests -----------------------------------------------------------------------
+    def _live_group(self) -> EndpointGroup:
+        group = self._group
+        if group is None:
+            raise EndpointConnectionError(f"{type(self).__name__} is closed")
+        return group
+
     def _request(self, op: str, payload: Any) -> Any:
-        connection = self._connection
-        if connection is None or connection.closed:
-            raise EndpointConnectionError(f"{type(self).__name__} for {self.address} is closed")
-        return connection.request(
-            op, payload, timeout=self.request_timeout_seconds, decode_leaf=self._decode, encode_leaf=self._encode
-        )
+        return self._live_group().request(op, payload, type(self).__name__)
 
     def _observed(self, observation: Any) -> Any:
         if self._observation_check is not None:
@@ -137,7 +168,7 @@ class _RemoteBase(Generic[ObsT, ActT]):
 
     def render(self) -> Any:
         """The remote env's render output (frames decode like observations)."""
-        return self._request(p.RENDER, None)
+        return self._live_group().render(type(self).__name__)
 
     def close(self) -> None:
         """Detach from the endpoint; the server keeps running. Idempotent."""
@@ -145,22 +176,12 @@ class _RemoteBase(Generic[ObsT, ActT]):
 
     def shutdown(self, reason: str = "") -> bool:
         """Ask the server to shut down; returns whether it agreed. Closes this client."""
-        try:
-            reply = self._request(p.SHUTDOWN, {"reason": reason})
-        finally:
-            self._detach_quietly(send_close=False)
-        return bool(reply.get("accepted")) if isinstance(reply, dict) else False
+        return self._live_group().shutdown(reason, type(self).__name__)
 
-    def _detach_quietly(self, send_close: bool = True) -> None:
-        connection, self._connection = self._connection, None
-        if connection is None or connection.closed:
-            return
-        if send_close:
-            try:
-                connection.request(p.CLOSE, None, timeout=_DETACH_TIMEOUT_S)
-            except (RLMeshError, OSError):
-                pass
-        connection.close()
+    def _detach_quietly(self) -> None:
+        group = self._group
+        if group is not None:
+            group.close()
 
     def __enter__(self: Any) -> Any:
         return self
@@ -169,9 +190,9 @@ class _RemoteBase(Generic[ObsT, ActT]):
         self.close()
 
     def __del__(self) -> None:
-        connection = getattr(self, "_connection", None)
-        if connection is not None and not connection.closed:
-            connection.close()
+        group = getattr(self, "_group", None)
+        if group is not None:
+            group.close_sockets()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else self.address
@@ -226,14 +247,22 @@ class RemoteEnvBase(_RemoteBase[ObsT, ActT]):
 
 
 class RemoteVectorEnvBase(_RemoteBase[ObsT, ActT]):
-    """A Gymnasium-vector-style client for a remote vector environment.
+    """A Gymnasium-vector-style client for one remote vector env, or several endpoints joined.
 
-    Takes the same arguments as :class:`RemoteEnvBase`. Lanes autoreset with Gymnasium's
-    NEXT_STEP mode: the step after a lane finishes returns its reset observation.
+    Takes the same arguments as :class:`RemoteEnvBase`; ``address`` may also be a list of
+    addresses, each serving a vector or a single env, joined into one vector env whose lanes
+    are the endpoints' lanes in order (``reset(seed=s)`` gives lane i the seed ``s + i``).
+    Each call is sent to every endpoint before any reply is awaited, so endpoints step in
+    parallel. Lanes autoreset with Gymnasium's NEXT_STEP mode: the step after a lane
+    finishes returns its reset observation.
+
+    ``step_async``/``step_wait`` (and ``reset_async``/``reset_wait``) split a call in two so
+    the caller can work while the endpoints step.
 
     Raises:
-        ConnectionError: the endpoint could not be reached within the connect timeout.
-        ValueError: the endpoint serves a single env.
+        ConnectionError: an endpoint could not be reached within the connect timeout.
+        ValueError: a single address serves a single env, or joined endpoints serve
+            different spaces (the message names the endpoint).
     """
 
     _expects_vector = True
@@ -254,11 +283,28 @@ class RemoteVectorEnvBase(_RemoteBase[ObsT, ActT]):
         self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
     ) -> tuple[ObsT, dict[str, Any]]:
         """Reset every lane; ``seed`` is one int (lanes get seed, seed+1, ...) or one per lane."""
+        self.reset_async(seed=seed, options=options)
+        return self.reset_wait()
+
+    def reset_async(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None) -> None:
+        """Send :meth:`reset` to every endpoint and return at once; :meth:`reset_wait` gets the result.
+
+        Raises:
+            AsyncCallError: a call is already pending.
+        """
         if isinstance(seed, list | tuple):
             if len(seed) != self.num_envs:
                 raise ValueError(f"got {len(seed)} seeds for {self.num_envs} lanes; pass one per lane or a single int")
             seed = list(seed)
-        observations, infos = self._request(p.RESET, {"seed": seed, "options": options})
+        self._live_group().send_reset(seed, options, type(self).__name__)
+
+    def reset_wait(self) -> tuple[ObsT, dict[str, Any]]:
+        """The ``(observations, infos)`` of the pending :meth:`reset_async`.
+
+        Raises:
+            AsyncCallError: no reset is pending.
+        """
+        observations, infos = self._live_group().wait("reset", type(self).__name__)
         return self._observed(observations), infos
 
     def step(self, actions: ActT) -> tuple[ObsT, Any, Any, Any, dict[str, Any]]:
@@ -266,9 +312,29 @@ class RemoteVectorEnvBase(_RemoteBase[ObsT, ActT]):
 
         Returns ``(observations, rewards, terminations, truncations, infos)``, batched.
         """
+        self.step_async(actions)
+        return self.step_wait()
+
+    def step_async(self, actions: ActT) -> None:
+        """Send :meth:`step` to every endpoint and return at once; :meth:`step_wait` gets the result.
+
+        Raises:
+            AsyncCallError: a call is already pending.
+            InvalidActionError: the actions are not in the action space.
+        """
         if self._action_check is not None:
             self._action_check(actions)
-        observations, rewards, terminations, truncations, infos = self._request(p.STEP, actions)
+        self._live_group().send_step(actions, type(self).__name__)
+
+    def step_wait(self) -> tuple[ObsT, Any, Any, Any, dict[str, Any]]:
+        """The result of the pending :meth:`step_async`, exactly what :meth:`step` returns.
+
+        Raises:
+            AsyncCallError: no step is pending.
+            RemoteEnvError: an env raised (every endpoint's reply is collected first).
+            EndpointConnectionError: an endpoint went away (the message names it).
+        """
+        observations, rewards, terminations, truncations, infos = self._live_group().wait("step", type(self).__name__)
         return self._observed(observations), rewards, terminations, truncations, infos
 
 

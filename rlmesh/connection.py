@@ -52,7 +52,7 @@ class Connection:
         self._poller.register(self._monitor, zmq.POLLIN)
         self._connected = False
         self._next_id = 1
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self.closed = False
         try:
             self._socket.connect(endpoint)
@@ -79,12 +79,37 @@ class Connection:
             RLMeshError: the typed error the server replied with.
         """
         with self._lock:
+            request_id = self.send(op, payload, encode_leaf=encode_leaf)
+            return self.receive(op, request_id, timeout=timeout, decode_leaf=decode_leaf, connecting=connecting)
+
+    def send(self, op: str, payload: Any, *, encode_leaf: Callable[[Any], Any] | None = None) -> int:
+        """Send one request without waiting; returns the id to pass to :meth:`receive`.
+
+        Raises:
+            EndpointConnectionError: the connection is closed.
+        """
+        with self._lock:
             if self.closed:
                 raise EndpointConnectionError(f"the connection to {self.endpoint} is closed")
             request_id = self._next_id
             self._next_id += 1
             frames = encode_message(op, request_id, payload, encode_leaf, self.limits)
             self._socket.send_multipart(frames, copy=len(frames) == 1)
+            return request_id
+
+    def receive(
+        self,
+        op: str,
+        request_id: int,
+        *,
+        timeout: float | None,
+        decode_leaf: Callable[[Tensor], Any] | None = None,
+        connecting: bool = False,
+    ) -> Any:
+        """Wait for the reply to request ``request_id`` (sent by :meth:`send`); raises like :meth:`request`."""
+        with self._lock:
+            if self.closed:
+                raise EndpointConnectionError(f"the connection to {self.endpoint} is closed")
             header, reply = self._await(op, request_id, timeout, decode_leaf, connecting)
         if header.kind == p.ERROR:
             raise p.error_from_payload(reply, self.endpoint)

@@ -51,6 +51,10 @@ class RemoteEnvError(RLMeshError, RuntimeError):
         return base
 
 
+class AsyncCallError(RLMeshError, RuntimeError):
+    """A ``*_wait`` call without its ``*_async``, or a second ``*_async`` before the wait."""
+
+
 class SandboxError(RLMeshError, RuntimeError):
     """A sandbox container could not be built, started, or reached."""
 

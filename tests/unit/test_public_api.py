@@ -6,6 +6,7 @@ import sys
 import rlmesh
 
 EXPECTED_CORE = {
+    "AsyncCallError",
     "BadRequestError",
     "EndpointConnectionError",
     "EndpointTimeoutError",
