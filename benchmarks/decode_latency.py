@@ -447,12 +447,16 @@ def bench_checks(quick: bool) -> list[dict[str, Any]]:
     import jax.numpy as jnp
 
     from rlmesh.checks import make_action_checker
-    from rlmesh.specs import SpaceSpec
+    from rlmesh.specs import (
+        BoxSpec,
+        DictSpec,
+        DiscreteSpec,
+    )
 
-    box = SpaceSpec("box", (4,), "float32", {"low": -1.0, "high": 1.0})
-    discrete = SpaceSpec("discrete", (), "int64", {"n": 2, "start": 0})
-    nested = SpaceSpec("dict", (), None, {"spaces": {"move": box, "jump": discrete}})
-    image = SpaceSpec("box", (84, 84, 4), "uint8", {"low": 0, "high": 255})
+    box = BoxSpec((4,), "float32", -1.0, 1.0)
+    discrete = DiscreteSpec(2, 0)
+    nested = DictSpec({"move": box, "jump": discrete})
+    image = BoxSpec((84, 84, 4), "uint8", 0, 255)
     cases = [
         ("Box(4,) jax.Array", make_action_checker(box), jnp.zeros(4, jnp.float32)),
         ("Box(4,) numpy", make_action_checker(box), np.zeros(4, np.float32)),

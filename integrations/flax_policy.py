@@ -26,8 +26,8 @@ over, so assigning new parameters of the same shapes (``policy.params = new_para
 :meth:`FlaxPolicy.update_params`) reuses the compiled code. Each function is traced once per
 observation shape/dtype: :attr:`FlaxPolicy.trace_counts` counts traces, and ``max_traces=n``
 wraps both in ``chex.assert_max_traces`` so a re-trace raises. Inside each trace the input
-pytree is validated against the observation space with chex (tree structure, leaf shapes,
-dtype kinds), so a mismatch is a clear error at the first step and costs nothing afterwards.
+pytree is validated against the observation space by rlmesh's checker (tree structure, leaf
+shapes, dtype kinds), so a mismatch is a clear error at the first step and costs nothing afterwards.
 
 Randomness. Stochastic policies thread a PRNG key: every step splits ``policy.key`` into a
 new carry and a step key (batched steps split the step key once more per lane), so runs from
@@ -37,8 +37,9 @@ too (dropout, noisy layers); Linen modules get one per ``rng_collections`` name.
 
 from __future__ import annotations
 
+import functools
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import chex
@@ -47,9 +48,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlmesh._jax_values import JAX_BRIDGE, JaxValue
+from rlmesh.checks import make_observation_checker
 from rlmesh.evaluation import EpisodeResult
 from rlmesh.models import ModelBase
-from rlmesh.specs import EnvContract, SpaceSpec
+from rlmesh.specs import BoxSpec, DictSpec, DiscreteSpec, EnvContract, SpaceSpec, TextSpec, TupleSpec
 
 __all__ = ["FlaxPolicy", "from_apply_fn", "from_linen", "from_nnx"]
 
@@ -57,93 +59,56 @@ ApplyFn = Callable[[Any, Any, jax.Array], Any]
 """The internal network signature: ``apply(params, obs, key) -> output``."""
 
 
-# -- observation validation (runs at trace time only) -----------------------------------------
-
-
-def _expected_kind(spec: SpaceSpec) -> type:
-    if spec.kind in ("discrete", "multi_discrete"):
-        return int
-    dtype = np.dtype(spec.dtype or "float32")
-    if spec.kind == "multi_binary" or dtype.kind in "iub":
-        return int if dtype.kind in "iu" else bool
-    return float
-
-
-def _check_observation(obs: Any, spec: SpaceSpec, batch: tuple[int, ...], path: str = "observation") -> None:
-    """chex checks of a (traced) observation tree against ``spec``; ValueError naming the path."""
-    kind = spec.kind
-    if kind == "dict":
-        subs = spec.details["spaces"]
-        if not isinstance(obs, Mapping) or set(obs) != set(subs):
-            found = sorted(obs) if isinstance(obs, Mapping) else type(obs).__name__
-            raise ValueError(f"{path}: expected a dict with keys {sorted(subs)}, found {found}")
-        for key, sub in subs.items():
-            _check_observation(obs[key], sub, batch, f"{path}[{key!r}]")
-        return
-    if kind == "tuple":
-        subs = spec.details["spaces"]
-        if not isinstance(obs, tuple | list) or len(obs) != len(subs):
-            raise ValueError(f"{path}: expected a tuple of {len(subs)} values, found {type(obs).__name__}")
-        for i, sub in enumerate(subs):
-            _check_observation(obs[i], sub, batch, f"{path}[{i}]")
-        return
-    expected_shape = (*batch, *spec.shape)
-    expected_type = _expected_kind(spec)
-    try:
-        chex.assert_shape(obs, expected_shape)
-        chex.assert_type(obs, expected_type)
-    except AssertionError as error:
-        raise ValueError(
-            f"{path}: expected {expected_type.__name__} values of shape {expected_shape} for the {kind} "
-            f"observation space {spec.to_dict()['details']!r:.120}, found {getattr(obs, 'dtype', type(obs).__name__)} "
-            f"of shape {getattr(obs, 'shape', ())} ({str(error).strip()[:200]})"
-        ) from None
-
-
 # -- action selection --------------------------------------------------------------------------
 
 
+@functools.singledispatch
 def _selector(spec: SpaceSpec, deterministic: bool, log_std: Any) -> Callable[[Any, jax.Array], jax.Array]:
     """``select(output, key) -> action`` for one lane."""
-    if spec.kind == "discrete":
-        start = int(spec.details.get("start", 0))
-        n = int(spec.details["n"])
-
-        def discrete(output: Any, key: jax.Array) -> jax.Array:
-            logits = output[0] if isinstance(output, tuple | list) else output
-            chex.assert_shape(logits, (n,))
-            index = jnp.argmax(logits, axis=-1) if deterministic else jax.random.categorical(key, logits, axis=-1)
-            return (index + start).astype(jnp.int32)
-
-        return discrete
-    if spec.kind == "box":
-        shape = spec.shape
-        low = np.broadcast_to(np.asarray(spec.details["low"], np.float64), shape)
-        high = np.broadcast_to(np.asarray(spec.details["high"], np.float64), shape)
-        dtype = jax.dtypes.canonicalize_dtype(np.dtype(spec.dtype or "float32"))  # float64 -> float32 without x64
-        fixed_log_std = None if log_std is None else np.asarray(log_std, np.float32)
-
-        def box(output: Any, key: jax.Array) -> jax.Array:
-            if isinstance(output, tuple | list):
-                mean, scale = output[0], (output[1] if len(output) > 1 else fixed_log_std)
-            else:
-                mean, scale = output, fixed_log_std
-            chex.assert_shape(mean, shape)
-            action = mean
-            if not deterministic:
-                if scale is None:
-                    raise ValueError(
-                        "stochastic Box actions need a log standard deviation: return (mean, log_std) "
-                        "from the network or pass log_std= to the policy"
-                    )
-                action = mean + jnp.exp(scale) * jax.random.normal(key, shape, jnp.result_type(mean))
-            return jnp.clip(action, low.astype(np.float32), high.astype(np.float32)).astype(dtype)
-
-        return box
     raise ValueError(
         f"FlaxPolicy selects actions for Discrete and Box spaces, not {spec.kind}; pass "
         "select_fn(output, key) -> action for this action space"
     )
+
+
+@_selector.register
+def _(spec: DiscreteSpec, deterministic: bool, log_std: Any) -> Callable[[Any, jax.Array], jax.Array]:
+    start, n = spec.start, spec.n
+
+    def discrete(output: Any, key: jax.Array) -> jax.Array:
+        logits = output[0] if isinstance(output, tuple | list) else output
+        chex.assert_shape(logits, (n,))
+        index = jnp.argmax(logits, axis=-1) if deterministic else jax.random.categorical(key, logits, axis=-1)
+        return (index + start).astype(jnp.int32)
+
+    return discrete
+
+
+@_selector.register
+def _(spec: BoxSpec, deterministic: bool, log_std: Any) -> Callable[[Any, jax.Array], jax.Array]:
+    shape = spec.shape
+    low = np.broadcast_to(np.asarray(spec.low, np.float64), shape).astype(np.float32)
+    high = np.broadcast_to(np.asarray(spec.high, np.float64), shape).astype(np.float32)
+    dtype = jax.dtypes.canonicalize_dtype(np.dtype(spec.dtype))  # float64 -> float32 without x64
+    fixed_log_std = None if log_std is None else np.asarray(log_std, np.float32)
+
+    def box(output: Any, key: jax.Array) -> jax.Array:
+        if isinstance(output, tuple | list):
+            mean, scale = output[0], (output[1] if len(output) > 1 else fixed_log_std)
+        else:
+            mean, scale = output, fixed_log_std
+        chex.assert_shape(mean, shape)
+        action = mean
+        if not deterministic:
+            if scale is None:
+                raise ValueError(
+                    "stochastic Box actions need a log standard deviation: return (mean, log_std) "
+                    "from the network or pass log_std= to the policy"
+                )
+            action = mean + jnp.exp(scale) * jax.random.normal(key, shape, jnp.result_type(mean))
+        return jnp.clip(action, low, high).astype(dtype)
+
+    return box
 
 
 # -- the model -----------------------------------------------------------------------------------
@@ -244,19 +209,21 @@ class FlaxPolicy(ModelBase[JaxValue, JaxValue]):
         obs_spec, act_spec = key
         if _has_text(obs_spec):
             raise ValueError("FlaxPolicy cannot jit Text observations; use rlmesh.jax.Model with a Python predict")
+        # Structure, shapes and dtype kinds only: the observations are traced here.
+        check_one = make_observation_checker(obs_spec, bounds=False)
         select = self._select_fn or _selector(act_spec, self.deterministic, self._log_std)
         apply, counts = self._apply, self.trace_counts
 
         def step(params: Any, obs: Any, key: jax.Array) -> tuple[Any, jax.Array]:
             counts["predict"] += 1  # runs at trace time only
-            _check_observation(obs, obs_spec, ())
+            check_one(obs)
             key, apply_key, select_key = jax.random.split(key, 3)
             return select(apply(params, obs, apply_key), select_key), key
 
         def step_batch(params: Any, obs: Any, key: jax.Array) -> tuple[Any, jax.Array]:
             counts["predict_batch"] += 1
             lanes = jax.tree_util.tree_leaves(obs)[0].shape[0]
-            _check_observation(obs, obs_spec, (lanes,))
+            make_observation_checker(obs_spec, num_envs=lanes, bounds=False)(obs)
             key, lane_key = jax.random.split(key)
 
             def one(lane_obs: Any, lane_key: jax.Array) -> Any:
@@ -295,15 +262,24 @@ class FlaxPolicy(ModelBase[JaxValue, JaxValue]):
         return f"{type(self).__name__}({getattr(self._apply, '__qualname__', 'apply')}, {mode})"
 
 
+@functools.singledispatch
 def _has_text(spec: SpaceSpec) -> bool:
-    if spec.kind == "text":
-        return True
-    subs = spec.details.get("spaces")
-    if isinstance(subs, Mapping):
-        return any(_has_text(sub) for sub in subs.values())
-    if isinstance(subs, list | tuple):
-        return any(_has_text(sub) for sub in subs)
     return False
+
+
+@_has_text.register
+def _(spec: TextSpec) -> bool:
+    return True
+
+
+@_has_text.register
+def _(spec: DictSpec) -> bool:
+    return any(_has_text(sub) for sub in spec.spaces.values())
+
+
+@_has_text.register
+def _(spec: TupleSpec) -> bool:
+    return any(_has_text(sub) for sub in spec.spaces)
 
 
 # -- constructors ----------------------------------------------------------------------------
@@ -344,9 +320,11 @@ def from_apply_fn(
     with_rng = _takes_rng(apply_fn) if takes_rng is None else bool(takes_rng)
 
     if with_rng:
+
         def apply(params: Any, obs: Any, key: jax.Array) -> Any:
             return apply_fn(params, obs, key)
     else:
+
         def apply(params: Any, obs: Any, key: jax.Array) -> Any:
             return apply_fn(params, obs)
 

@@ -29,26 +29,15 @@ must not replay a stale state (a handle captured once and reused). The explicit
 callback checks it and returns the next one, so each step depends on the previous one through
 the data flow and a reused or out-of-date handle fails loudly instead of silently stepping.
 
-When to use it. Use it when the policy, and ideally the learner, live in one jitted program
-(e.g. a PureJaxRL-style ``lax.scan`` over steps) and the environment cannot be ported to JAX:
-the rollout is traced once, and the Python interpreter leaves the loop, so per-step Python
-overhead (policy dispatch, pytree handling) disappears. It does not make the environment
-faster: every step is still a round trip to the server, executed by the XLA runtime thread
-holding the GIL. Prefer the plain Python loop when the policy is not jitted, when you need
-per-step ``infos`` (they are dropped here; only observation, reward, terminated and truncated
-cross into the program), or for environments with Text observations (no fixed shape).
-``vmap`` over an ordered callback is not supported; batch with the vector env's lanes instead.
-
-Cost. ``python benchmarks/decode_latency.py --only jit_step,scan`` (jax 0.10.2 CPU, 2 shared
-cores at load average 2-6, server in another process, tcp loopback), CartPole-v1 x4 with a
-jitted 2x64 MLP, 200 steps, three runs: 1440 / 702 / 1203 us per step in the Python loop
-against 1420 / 920 / 2191 us inside one jitted ``lax.scan``. Without the network, an ordered
-callback plus the policy inside a scan costs ~47-98 us per step against ~39-83 us for the same
-policy dispatched from Python. Expect parity at best: each step is a round trip, and in a scan
-it also hops from the XLA thread to the callback and back, which an oversubscribed machine
-makes slower. What the scan buys is structure (one program, no host loop between policy and
-learner), not speed. Each callback result is also copied once into XLA's buffers
-(``io_callback`` cannot alias host memory), one memcpy more than the zero-copy Python loop.
+When to use it: when the policy, and ideally the learner, live in one jitted program (e.g. a
+``lax.scan`` over steps) and the environment cannot be ported to JAX. It does not make the
+environment faster: every step is still a round trip to the server, run by the XLA runtime
+thread, and each callback result is copied once into XLA's buffers. What the scan buys is
+structure (one program, no host loop between policy and learner). Prefer the plain Python loop
+when the policy is not jitted, when you need per-step ``infos`` (dropped here), or for Text
+observations (no fixed shape). ``vmap`` over an ordered callback is not supported; batch with
+the vector env's lanes instead. ``benchmarks/decode_latency.py --only jit_step,scan`` measures
+both loops.
 
 x64. Result dtypes follow JAX's canonicalisation: with ``jax_enable_x64`` off, float64 rewards
 and int64 observations come back as float32/int32 (values converted on the host).
@@ -56,6 +45,7 @@ and int64 observations come back as float32/int32 (values converted on the host)
 
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 from collections.abc import Mapping
@@ -65,6 +55,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import io_callback
+
+from rlmesh.specs import BoxSpec, DictSpec, DiscreteSpec, MultiBinarySpec, MultiDiscreteSpec, SpaceSpec, TupleSpec
 
 __all__ = ["EnvHandle", "JitVectorEnv", "StepResult", "result_shapes"]
 
@@ -102,7 +94,8 @@ def _canonical(dtype: Any) -> np.dtype:
     return np.dtype(jax.dtypes.canonicalize_dtype(np.dtype(dtype)))
 
 
-def result_shapes(spec: Any, num_envs: int) -> Any:
+@functools.singledispatch
+def result_shapes(spec: SpaceSpec, num_envs: int) -> Any:
     """``jax.ShapeDtypeStruct`` pytree of ``num_envs`` batched values of a space spec.
 
     Args:
@@ -110,21 +103,30 @@ def result_shapes(spec: Any, num_envs: int) -> Any:
         num_envs: The number of lanes.
 
     Raises:
-        ValueError: for Text spaces (no fixed shape) and unknown kinds.
+        ValueError: for Text spaces (no fixed shape).
     """
-    kind = spec.kind
-    if kind in ("box", "multi_binary", "multi_discrete"):
-        return jax.ShapeDtypeStruct((num_envs, *spec.shape), _canonical(spec.dtype))
-    if kind == "discrete":
-        return jax.ShapeDtypeStruct((num_envs,), _canonical(spec.dtype or "int64"))
-    if kind == "dict":
-        return {key: result_shapes(sub, num_envs) for key, sub in spec.details["spaces"].items()}
-    if kind == "tuple":
-        return tuple(result_shapes(sub, num_envs) for sub in spec.details["spaces"])
     raise ValueError(
-        f"cannot step inside jit with {kind!r} observations: io_callback needs fixed shapes and "
+        f"cannot step inside jit with {spec.kind!r} observations: io_callback needs fixed shapes and "
         "dtypes (Text has neither); use the Python loop"
     )
+
+
+@result_shapes.register(BoxSpec)
+@result_shapes.register(MultiBinarySpec)
+@result_shapes.register(MultiDiscreteSpec)
+@result_shapes.register(DiscreteSpec)
+def _(spec: SpaceSpec, num_envs: int) -> Any:
+    return jax.ShapeDtypeStruct((num_envs, *spec.shape), _canonical(spec.dtype))
+
+
+@result_shapes.register
+def _(spec: DictSpec, num_envs: int) -> Any:
+    return {key: result_shapes(sub, num_envs) for key, sub in spec.spaces.items()}
+
+
+@result_shapes.register
+def _(spec: TupleSpec, num_envs: int) -> Any:
+    return tuple(result_shapes(sub, num_envs) for sub in spec.spaces)
 
 
 def _to_host(value: Any, like: jax.ShapeDtypeStruct) -> np.ndarray:

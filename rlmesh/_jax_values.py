@@ -24,10 +24,12 @@ from typing import Any, TypeAlias
 
 import numpy as np
 
-from rlmesh.bridges import Bridge
+from rlmesh.bridges import Bridge, to_numpy
 from rlmesh.spaces import Space
 from rlmesh.spaces import space_from_spec as _space_from_spec
-from rlmesh.specs import SpaceSpec
+from rlmesh.specs import (
+    SpaceSpec,
+)
 from rlmesh.tensor import Tensor, wire_dtype
 
 try:  # JAX is an optional extra: importing this module must work without it.
@@ -277,23 +279,8 @@ def _from_numpy(array: np.ndarray) -> Any:
     return jnp.asarray(array)
 
 
-def _to_numpy(value: Any) -> np.ndarray:
-    if isinstance(value, Tensor):
-        return value.numpy()
-    return np.asarray(value)
-
-
 def _is_array(value: Any) -> bool:
     return jax is not None and isinstance(value, jax.Array)
-
-
-def _make_checker(spec: Any, num_envs: int | None = None, role: str = "action") -> Any:
-    """The client's validation hook: a compiled pytree check for actions or observations."""
-    from rlmesh.checks import make_action_checker, make_observation_checker
-
-    if role == "observation":
-        return make_observation_checker(spec, num_envs=num_envs)
-    return make_action_checker(spec, num_envs=num_envs)
 
 
 JAX_BRIDGE = Bridge(
@@ -301,9 +288,9 @@ JAX_BRIDGE = Bridge(
     decode_leaf=asarray,
     encode_leaf=_encode_leaf,
     from_numpy=_from_numpy,
-    to_numpy=_to_numpy,
+    to_numpy=to_numpy,
     is_array=_is_array,
-    make_checker=_make_checker,
+    checks_locally=True,
 )
 """The JAX backend's leaf table: tensors decode to immutable, zero-copy ``jax.Array``s."""
 
@@ -319,7 +306,7 @@ def space_from_spec(spec: SpaceSpec) -> Space[JaxValue]:
         ``contains()`` accepts JAX arrays, NumPy arrays and Python values.
 
     Example:
-        >>> space = space_from_spec(SpaceSpec("box", (2,), "float32", {"low": -1.0, "high": 1.0}))
+        >>> space = space_from_spec(BoxSpec((2,), "float32", -1.0, 1.0))
         >>> space.seed(0); space.contains(space.sample())
         0
         True

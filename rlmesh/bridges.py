@@ -29,10 +29,13 @@ class Bridge:
         from_numpy: Turn a NumPy array (e.g. a space sample) into a backend value.
         to_numpy: Turn a backend array leaf into a NumPy array (may share memory).
         is_array: Whether a leaf is this backend's array type.
-        make_checker: Optional ``(spec, num_envs, role) -> check(value)`` that clients use to
-            validate actions (``role="action"``) and, on request, observations
-            (``role="observation"``) locally; ``num_envs`` is None for single envs. Without it
-            the server still validates every action.
+        checks_locally: Whether clients of this backend check actions against the contract
+            before sending them (the server checks every action either way).
+        place: Put an observation tree on a device (None: values stay where they are).
+        resolve_device: Turn a device request (None, ``"cpu"``, a name or a device object)
+            into what ``place`` takes; raises ValueError for devices the backend cannot use.
+        vmap: Derive a batched function from a per-value one, or None when the backend has
+            no vectorising transform.
     """
 
     name: str
@@ -41,11 +44,34 @@ class Bridge:
     from_numpy: Callable[[np.ndarray], Any]
     to_numpy: Callable[[Any], np.ndarray]
     is_array: Callable[[Any], bool]
-    make_checker: Callable[[Any, int | None, str], Callable[[Any], None]] | None = None
+    checks_locally: bool = False
+    place: Callable[[Any, Any], Any] | None = None
+    resolve_device: Callable[[Any], Any] | None = None
+    vmap: Callable[[Callable[[Any], Any]], Callable[[Any], Any]] | None = None
+
+    def device_for(self, request: Any) -> Any:
+        """The device for a ``device=`` request, or None when values stay on the host.
+
+        Raises:
+            ValueError: the backend cannot place values on ``request``.
+        """
+        if self.resolve_device is not None:
+            return self.resolve_device(request)
+        if request is not None and request != "cpu":
+            raise ValueError(
+                f"device {request!r}: the {self.name!r} backend keeps values on the host; pass None or 'cpu' "
+                "(use rlmesh.jax to place them on an accelerator)"
+            )
+        return None
 
 
-def _tensor_to_numpy(value: Any) -> np.ndarray:
-    return value.numpy() if isinstance(value, Tensor) else np.asarray(value)
+def to_numpy(value: Any) -> np.ndarray:
+    """A NumPy view (or copy, for device arrays) of an array leaf of any backend."""
+    if isinstance(value, np.ndarray):
+        return value
+    if isinstance(value, Tensor):
+        return value.numpy()
+    return np.asarray(value)
 
 
 def _not_handled(value: Any) -> Any:
@@ -57,7 +83,7 @@ TENSOR_BRIDGE = Bridge(
     decode_leaf=lambda tensor: tensor,
     encode_leaf=_not_handled,
     from_numpy=lambda array: Tensor.from_numpy(array) if array.ndim else array.item(),
-    to_numpy=_tensor_to_numpy,
+    to_numpy=to_numpy,
     is_array=lambda value: isinstance(value, Tensor),
 )
 
@@ -66,6 +92,6 @@ NUMPY_BRIDGE = Bridge(
     decode_leaf=Tensor.numpy,
     encode_leaf=_not_handled,
     from_numpy=lambda array: array if array.ndim else array[()],
-    to_numpy=_tensor_to_numpy,
+    to_numpy=to_numpy,
     is_array=lambda value: isinstance(value, np.ndarray),
 )

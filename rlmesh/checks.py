@@ -1,66 +1,76 @@
-"""Contract checks for action and observation pytrees, compiled once per space spec.
+"""Contract checks for action and observation trees, compiled once per space spec.
 
-A checker validates a value tree against a :class:`~rlmesh.specs.SpaceSpec` before it crosses
-the wire, so a policy bug is a clear local error rather than a remote one. It checks the tree
-structure (``jax.tree_util`` treedefs: dict keys, tuple lengths), each leaf's shape, dtype kind
-and, where the space has them, bounds (Box low/high, Discrete and MultiDiscrete ranges,
-MultiBinary 0/1, Text length and charset). On failure it raises a ``ValueError``
-(:class:`~rlmesh.errors.InvalidActionError` for actions) naming the leaf path, what was
-expected and what was found::
+One checker serves the server, every client backend, spaces' ``contains``, models and the
+Flax policy. It checks the tree structure (dict keys, tuple lengths), each leaf's shape,
+dtype kind and, where the space has them, bounds (Box low/high, Discrete and MultiDiscrete
+ranges, MultiBinary 0/1, Text length and charset). A failure is a ``ValueError``
+(:class:`~rlmesh.errors.InvalidActionError` for actions) naming the leaf path, the lane of a
+batch, what was expected and what was found::
 
     action['arm']: expected an array of shape (3,) with float values in [-1.0, 1.0] (Box),
     found float32 array of shape (2,)
 
-Everything derivable from the spec (treedef, leaf paths, shapes, accepted dtype kinds, bound
-arrays, whether bounds are uniform or unbounded) is computed when the checker is built, so
-checking a single Box or Discrete action costs about a microsecond (see
-``tests/unit/test_jax_checks.py`` for the measurement). Leaves may be ``jax.Array`` (concrete,
-on any device; converted to host memory only for bound checks), NumPy arrays and scalars, Python
-scalars, or rlmesh Tensors.
+Everything derivable from the spec (paths, shapes, accepted dtype kinds, bound arrays,
+whether bounds are uniform) is computed when the checker is built, so the per-call cost is a
+few attribute reads and comparisons. Leaves may be ``jax.Array`` (moved to the host only for
+bound checks), NumPy arrays and scalars, Python scalars, or rlmesh Tensors.
 
-Accepted dtype kinds follow :mod:`rlmesh.spaces` ``contains``: float Boxes accept float and
-integer arrays, integer Boxes, Discrete and MultiDiscrete accept signed or unsigned integers,
-MultiBinary accepts bool and integers holding 0/1.
+Accepted dtype kinds follow Gymnasium's ``contains`` after the server's cast: float Boxes
+accept float and integer arrays; integer Boxes, Discrete and MultiDiscrete accept signed or
+unsigned integers; MultiBinary accepts bool and integers holding 0/1.
 
-Batched checkers (``num_envs=N``, for vector clients) expect the spec's batched form, as
-``gymnasium.vector.utils.batch_space`` builds it: leaves with a leading axis of ``N``
-(Discrete becomes an integer array of shape ``(N,)``) and Text becomes a tuple of ``N`` strings.
+Batched checkers (``num_envs=N``) expect the batched form ``gymnasium.vector.utils.batch_space``
+builds: leaves with a leading axis of ``N`` (Discrete becomes an integer array of shape
+``(N,)``) and Text becomes a tuple of ``N`` strings.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from rlmesh.errors import InvalidActionError
-from rlmesh.specs import SpaceSpec
+from rlmesh.specs import (
+    BoxSpec,
+    DictSpec,
+    DiscreteSpec,
+    MultiBinarySpec,
+    MultiDiscreteSpec,
+    SpaceSpec,
+    TextSpec,
+    TupleSpec,
+)
 from rlmesh.tensor import Tensor
 
-try:
-    import jax
-    from jax import tree_util
-except ImportError:  # pragma: no cover - only where the jax extra is missing
-    jax = None  # type: ignore[assignment]
-    tree_util = None  # type: ignore[assignment]
-
-__all__ = ["Checker", "make_action_checker", "make_observation_checker"]
+__all__ = ["Checker", "make_action_checker", "make_checker", "make_observation_checker"]
 
 Checker = Callable[[Any], None]
 """A compiled check: call it with a value tree; it returns None or raises ValueError."""
 
 # Arrays this small are bound-checked element by element in Python, which beats NumPy's
-# per-call overhead (~0.3 us against ~1.2 us for a 4-element Box).
+# per-call overhead.
 _SMALL = 16
 _INT_KINDS = "iu"
 _KIND_WORDS = {"f": "float", "iu": "integer", "fiu": "float or integer", "biu": "0/1", "b": "bool"}
 
 
 class _Fail(Exception):
-    """Internal: a leaf failed; carries the message without the path."""
+    """Internal: a value failed; ``path`` grows as the failure leaves nested containers."""
+
+    def __init__(self, message: str, path: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = path
+
+
+def _jax() -> Any:
+    """The jax module when it is already imported (no value can be a jax.Array otherwise)."""
+    return sys.modules.get("jax")
 
 
 def _describe(value: Any) -> str:
@@ -68,20 +78,24 @@ def _describe(value: Any) -> str:
     shape = getattr(value, "shape", None)
     dtype = getattr(value, "dtype", None)
     if shape is not None and dtype is not None:
-        if _is_jax_array(value):
+        jax = _jax()
+        if jax is not None and isinstance(value, jax.Array):
             kind = "jax.Array"
         elif isinstance(value, np.generic):
             kind = "NumPy scalar"
         else:
             kind = "NumPy array" if isinstance(value, np.ndarray) else type(value).__name__
-        return f"{dtype} {kind} of shape {tuple(shape)}" + (f" = {value!r:.60}" if not shape else "")
+        return f"{dtype} {kind} of shape {tuple(shape)}" + (f" = {_scalar_text(value)}" if not shape else "")
     if isinstance(value, str):
         return f"str {value!r:.60} of length {len(value)}"
     return f"{type(value).__name__} {value!r:.60}"
 
 
-def _is_jax_array(value: Any) -> bool:
-    return jax is not None and isinstance(value, jax.Array)
+def _scalar_text(value: Any) -> str:
+    try:
+        return f"{value.item()!r:.60}"
+    except Exception:  # a tracer has no concrete value
+        return f"{value!r:.60}"
 
 
 def _as_numpy(value: Any) -> np.ndarray:
@@ -90,19 +104,23 @@ def _as_numpy(value: Any) -> np.ndarray:
         return value
     if isinstance(value, Tensor):
         return value.numpy()
+    jax = _jax()
     if jax is not None and isinstance(value, jax.core.Tracer):
         raise _Fail(
             "a concrete value, found a traced value (checks run outside jax.jit; inside jit "
             "use rlmesh.integrations.jit_step)"
         )
-    array = np.asarray(value)
+    try:
+        array = np.asarray(value)
+    except ValueError:  # ragged nested lists
+        raise _Fail(f"an array-like value, found {_describe(value)}") from None
     if array.dtype == object:
         raise _Fail(f"an array-like value, found {_describe(value)}")
     return array
 
 
-# -- leaf checkers ------------------------------------------------------------------------
-# A leaf checker takes (value) and raises _Fail(message starting with "expected ...").
+# -- leaves --------------------------------------------------------------------------------
+# A leaf check takes a value and raises _Fail("expected ..., found ...").
 
 
 def _array_checker(
@@ -112,7 +130,7 @@ def _array_checker(
     high: np.ndarray | None,
     high_exclusive: bool,
     what: str,
-) -> Callable[[Any], None]:
+) -> Checker:
     """Shape, dtype kind, and elementwise bounds (None when unbounded on that side)."""
     size = math.prod(shape)
     expected = f"expected {what}"
@@ -177,9 +195,7 @@ def _array_checker(
             if dtype is None or getattr(value, "shape", None) is None:
                 array = _as_numpy(value)
             else:
-                if value.shape != shape:
-                    raise _Fail(f"{expected}, found {_describe(value)}")
-                if dtype.kind not in kinds:
+                if value.shape != shape or dtype.kind not in kinds:
                     raise _Fail(f"{expected}, found {_describe(value)}")
                 if not bounded:
                     return
@@ -216,7 +232,7 @@ def _bound_text(low: np.ndarray | None, high: np.ndarray | None, exclusive: bool
         flat = bound.reshape(-1)
         if flat.size and np.all(flat == flat[0]):
             return str(flat[0].item())
-        return np.array2string(bound, threshold=8)
+        return np.array2string(bound, threshold=8, separator=", ")
 
     close = ")" if exclusive else "]"
     low_text, high_text = show(low, "-inf"), show(high, "inf")
@@ -232,28 +248,7 @@ def _finite_or_none(bound: np.ndarray, sign: int) -> np.ndarray | None:
     return bound
 
 
-def _box(spec: SpaceSpec, batch: tuple[int, ...]) -> Callable[[Any], None]:
-    dtype = np.dtype(spec.dtype or "float32")
-    kinds = "fiu" if dtype.kind == "f" else _INT_KINDS if dtype.kind in _INT_KINDS else dtype.kind
-    low = np.broadcast_to(np.asarray(spec.details.get("low", -np.inf)), spec.shape)
-    high = np.broadcast_to(np.asarray(spec.details.get("high", np.inf)), spec.shape)
-    low_or_none, high_or_none = _finite_or_none(low, -1), _finite_or_none(high, 1)
-    shape = batch + spec.shape
-    what = (
-        f"an array of shape {shape} with {_KIND_WORDS.get(kinds, dtype.name)} values in "
-        f"{_bound_text(low_or_none, high_or_none, False)} (Box, {dtype.name})"
-    )
-    return _array_checker(shape, kinds, low_or_none, high_or_none, False, what)
-
-
-def _discrete(spec: SpaceSpec, batch: tuple[int, ...]) -> Callable[[Any], None]:
-    n, start = int(spec.details["n"]), int(spec.details.get("start", 0))
-    what = f"an integer in [{start}, {start + n}) (Discrete({n}, start={start}))"
-    if batch:
-        what = f"an integer array of shape {batch} with values in [{start}, {start + n}) " + (
-            f"(batched Discrete({n}, start={start}))"
-        )
-        return _array_checker(batch, _INT_KINDS, np.asarray(start), np.asarray(start + n), True, what)
+def _discrete_scalar(start: int, n: int, what: str) -> Checker:
     stop = start + n
     expected = f"expected {what}"
 
@@ -279,25 +274,10 @@ def _discrete(spec: SpaceSpec, batch: tuple[int, ...]) -> Callable[[Any], None]:
     return check
 
 
-def _multi_discrete(spec: SpaceSpec, batch: tuple[int, ...]) -> Callable[[Any], None]:
-    nvec = np.asarray(spec.details["nvec"], dtype=np.int64)
-    start = np.broadcast_to(np.asarray(spec.details.get("start") or 0, dtype=np.int64), nvec.shape)
-    shape = batch + tuple(nvec.shape)
-    bounds = _bound_text(start, start + nvec, True)
-    what = f"an integer array of shape {shape} with values in {bounds} (MultiDiscrete({nvec.tolist()}))"
-    return _array_checker(shape, _INT_KINDS, start, start + nvec, True, what)
-
-
-def _multi_binary(spec: SpaceSpec, batch: tuple[int, ...]) -> Callable[[Any], None]:
-    shape = batch + spec.shape
-    what = f"an array of shape {shape} with 0/1 values (MultiBinary({list(spec.shape)}))"
-    return _array_checker(shape, "biu", np.asarray(0), np.asarray(1), False, what)
-
-
-def _text(spec: SpaceSpec) -> Callable[[Any], None]:
-    d = spec.details
-    min_length, max_length = int(d.get("min_length", 1)), int(d["max_length"])
-    charset = frozenset(d.get("charset") or "")
+def _text_checker(spec: TextSpec, bounds: bool) -> Checker:
+    min_length, max_length = (spec.min_length, spec.max_length) if bounds else (0, math.inf)
+    charset = frozenset(spec.charset)
+    any_character = not bounds
     expected = (
         f"expected a str of {min_length} to {max_length} characters from the space's "
         f"charset of {len(charset)} characters (Text)"
@@ -308,6 +288,8 @@ def _text(spec: SpaceSpec) -> Callable[[Any], None]:
             raise _Fail(f"{expected}, found {_describe(value)}")
         if not min_length <= len(value) <= max_length:
             raise _Fail(f"{expected}, found {_describe(value)}")
+        if any_character:
+            return
         outside = set(value) - charset
         if outside:
             raise _Fail(f"{expected}, found {_describe(value)} with {''.join(sorted(outside))!r}")
@@ -315,191 +297,238 @@ def _text(spec: SpaceSpec) -> Callable[[Any], None]:
     return check
 
 
-# -- trees --------------------------------------------------------------------------------
+# -- compilation: one registration per spec kind ---------------------------------------------
 
 
-class _Node:
-    """A compiled spec: a leaf check, or a container of nodes (for the explaining walk)."""
-
-    __slots__ = ("children", "kind", "leaf", "what")
-
-    def __init__(self, kind: str, leaf: Callable[[Any], None] | None, children: Any, what: str):
-        self.kind = kind
-        self.leaf = leaf
-        self.children = children
-        self.what = what
+@functools.singledispatch
+def _compile(spec: SpaceSpec, batch: tuple[int, ...], bounds: bool) -> Checker:
+    """A check for values of ``spec`` with leading ``batch`` axes (raises _Fail)."""
+    raise TypeError(f"cannot check values of {type(spec).__name__} {spec!r:.80}")
 
 
-def _compile(spec: SpaceSpec, batch: tuple[int, ...]) -> _Node:
-    if isinstance(spec, Mapping):
-        spec = SpaceSpec.from_dict(dict(spec))
-    kind = spec.kind
-    if kind == "box":
-        return _Node(kind, _box(spec, batch), None, "Box")
-    if kind == "discrete":
-        return _Node(kind, _discrete(spec, batch), None, "Discrete")
-    if kind == "multi_discrete":
-        return _Node(kind, _multi_discrete(spec, batch), None, "MultiDiscrete")
-    if kind == "multi_binary":
-        return _Node(kind, _multi_binary(spec, batch), None, "MultiBinary")
-    if kind == "text":
-        if batch:  # batch_space(Text) is a Tuple of num_envs Texts.
-            return _Node("tuple", None, [_Node(kind, _text(spec), None, "Text")] * batch[0], "Tuple")
-        return _Node(kind, _text(spec), None, "Text")
-    if kind == "dict":
-        children = {str(key): _compile(sub, batch) for key, sub in spec.details["spaces"].items()}
-        return _Node(kind, None, children, f"a dict with keys {sorted(children)}")
-    if kind == "tuple":
-        children = [_compile(sub, batch) for sub in spec.details["spaces"]]
-        return _Node(kind, None, children, f"a tuple of {len(children)} values")
-    raise ValueError(f"cannot check values of space kind {kind!r}")
+@_compile.register
+def _(spec: BoxSpec, batch: tuple[int, ...], bounds: bool) -> Checker:
+    dtype = np.dtype(spec.dtype)
+    kinds = "fiu" if dtype.kind == "f" else _INT_KINDS if dtype.kind in _INT_KINDS else dtype.kind
+    low = _finite_or_none(np.broadcast_to(np.asarray(spec.low), spec.shape), -1)
+    high = _finite_or_none(np.broadcast_to(np.asarray(spec.high), spec.shape), 1)
+    shape = batch + spec.shape
+    what = (
+        f"an array of shape {shape} with {_KIND_WORDS.get(kinds, dtype.name)} values in "
+        f"{_bound_text(low, high, False)} (Box, {dtype.name})"
+    )
+    return _array_checker(shape, kinds, low if bounds else None, high if bounds else None, False, what)
 
 
-def _template(node: _Node) -> Any:
-    """A value with the expected tree structure (leaves are 0) for treedef comparison."""
-    if node.kind == "dict":
-        return {key: _template(child) for key, child in node.children.items()}
-    if node.kind == "tuple":
-        return tuple(_template(child) for child in node.children)
-    return 0
+@_compile.register
+def _(spec: DiscreteSpec, batch: tuple[int, ...], bounds: bool) -> Checker:
+    start, n = spec.start, spec.n
+    if not batch and bounds:
+        return _discrete_scalar(start, n, f"an integer in [{start}, {start + n}) (Discrete({n}, start={start}))")
+    what = f"an integer array of shape {batch} with values in [{start}, {start + n}) (Discrete({n}, start={start}))"
+    if not batch:
+        what = f"an integer (Discrete({n}, start={start}))"
+    low, high = (np.asarray(start), np.asarray(start + n)) if bounds else (None, None)
+    return _array_checker(batch, _INT_KINDS, low, high, True, what)
 
 
-def _leaf_checks(node: _Node, path: str) -> list[tuple[str, Callable[[Any], None]]]:
-    """Leaf checks in ``jax.tree_util`` flatten order (dict keys sorted)."""
-    if node.kind == "dict":
-        return [
-            check for key in sorted(node.children) for check in _leaf_checks(node.children[key], f"{path}[{key!r}]")
-        ]
-    if node.kind == "tuple":
-        return [check for i, child in enumerate(node.children) for check in _leaf_checks(child, f"{path}[{i}]")]
-    assert node.leaf is not None
-    return [(path, node.leaf)]
+@_compile.register
+def _(spec: MultiDiscreteSpec, batch: tuple[int, ...], bounds: bool) -> Checker:
+    nvec = np.asarray(spec.nvec, dtype=np.int64)
+    start = np.asarray(spec.start, dtype=np.int64)
+    shape = batch + tuple(nvec.shape)
+    bound_text = _bound_text(start, start + nvec, True)
+    what = f"an integer array of shape {shape} with values in {bound_text} (MultiDiscrete({nvec.tolist()}))"
+    low, high = (start, start + nvec) if bounds else (None, None)
+    return _array_checker(shape, _INT_KINDS, low, high, True, what)
 
 
-def _walk(node: _Node, value: Any, path: str, error: type[ValueError]) -> None:
-    """The explaining check: recursive, accepts lists for tuples, names the failing path."""
-    if node.kind == "dict":
+@_compile.register
+def _(spec: MultiBinarySpec, batch: tuple[int, ...], bounds: bool) -> Checker:
+    shape = batch + spec.shape
+    what = f"an array of shape {shape} with 0/1 values (MultiBinary({list(spec.shape)}))"
+    low, high = (np.asarray(0), np.asarray(1)) if bounds else (None, None)
+    return _array_checker(shape, "biu", low, high, False, what)
+
+
+@_compile.register
+def _(spec: TextSpec, batch: tuple[int, ...], bounds: bool) -> Checker:
+    text = _text_checker(spec, bounds)
+    if not batch:
+        return text
+    return _tuple_checker([text] * batch[0])  # batch_space(Text) is a Tuple of num_envs Texts
+
+
+@_compile.register
+def _(spec: DictSpec, batch: tuple[int, ...], bounds: bool) -> Checker:
+    children = [(key, f"[{key!r}]", _compile(sub, batch, bounds)) for key, sub in spec.spaces.items()]
+    keys = frozenset(spec.spaces)
+    what = f"expected a dict with keys {sorted(keys)}"
+
+    def check(value: Any) -> None:
         if not isinstance(value, Mapping):
-            raise error(f"{path}: expected {node.what}, found {_describe(value)}")
-        keys, expected_keys = set(value), set(node.children)
-        if keys != expected_keys:
-            missing, extra = (
-                sorted(map(str, expected_keys - keys)),
-                sorted(map(str, keys - expected_keys)),
-            )
-            raise error(
-                f"{path}: expected {node.what}, found a dict with keys {sorted(map(str, keys))}"
+            raise _Fail(f"{what}, found {_describe(value)}")
+        if len(value) != len(keys) or value.keys() != keys:
+            found = set(map(str, value))
+            missing, extra = sorted(keys - found), sorted(found - keys)
+            raise _Fail(
+                f"{what}, found a dict with keys {sorted(found)}"
                 + (f" (missing {missing})" if missing else "")
                 + (f" (unexpected {extra})" if extra else "")
             )
-        for key, child in node.children.items():
-            _walk(child, value[key], f"{path}[{key!r}]", error)
-        return
-    if node.kind == "tuple":
-        if not isinstance(value, tuple | list) or len(value) != len(node.children):
-            found = (
-                f"a {type(value).__name__} of {len(value)} values"
-                if isinstance(value, tuple | list)
-                else _describe(value)
-            )
-            raise error(f"{path}: expected {node.what}, found {found}")
-        for i, (child, item) in enumerate(zip(node.children, value, strict=True)):
-            _walk(child, item, f"{path}[{i}]", error)
-        return
-    assert node.leaf is not None
+        for key, step, child in children:
+            try:
+                child(value[key])
+            except _Fail as failure:
+                failure.path = step + failure.path
+                raise
+
+    return check
+
+
+@_compile.register
+def _(spec: TupleSpec, batch: tuple[int, ...], bounds: bool) -> Checker:
+    return _tuple_checker([_compile(sub, batch, bounds) for sub in spec.spaces])
+
+
+def _tuple_checker(children: list[Checker]) -> Checker:
+    size = len(children)
+    what = f"expected a tuple of {size} values"
+    indexed = list(enumerate(children))
+
+    def check(value: Any) -> None:
+        if not isinstance(value, tuple | list):
+            raise _Fail(f"{what}, found {_describe(value)}")
+        if len(value) != size:
+            raise _Fail(f"{what}, found a {type(value).__name__} of {len(value)} values")
+        for i, child in indexed:
+            try:
+                child(value[i])
+            except _Fail as failure:
+                failure.path = f"[{i}]" + failure.path
+                raise
+
+    return check
+
+
+# -- lanes of a batch --------------------------------------------------------------------------
+
+
+@functools.singledispatch
+def _lane(spec: SpaceSpec, value: Any, lane: int) -> Any:
+    """Lane ``lane`` of a batched value of ``spec`` (an array leaf indexed on its first axis)."""
+    return (value.numpy() if type(value) is Tensor else value)[lane]
+
+
+@_lane.register
+def _(spec: DictSpec, value: Any, lane: int) -> Any:
+    return {key: _lane(sub, value[key], lane) for key, sub in spec.spaces.items()}
+
+
+@_lane.register
+def _(spec: TupleSpec, value: Any, lane: int) -> Any:
+    return tuple(_lane(sub, item, lane) for sub, item in zip(spec.spaces, value, strict=True))
+
+
+def _failing_lane(
+    spec: SpaceSpec, shaped: Checker, single: Checker, value: Any, num_envs: int
+) -> tuple[int, _Fail] | None:
+    """The first lane whose value fails ``single``; None unless the batch is well shaped."""
     try:
-        node.leaf(value)
-    except _Fail as failure:
-        raise error(f"{path}: {failure}") from None
+        shaped(value)
+    except _Fail:
+        return None
+    for lane in range(num_envs):
+        try:
+            item = _lane(spec, value, lane)
+        except Exception:  # not splittable into lanes: the batch-level message stands
+            return None
+        try:
+            single(item)
+        except _Fail as failure:
+            return lane, failure
+    return None
 
 
-def _build(spec: SpaceSpec, num_envs: int | None, name: str, error: type[ValueError]) -> Checker:
-    if num_envs is not None and (isinstance(num_envs, bool) or int(num_envs) < 1):
+# -- public ----------------------------------------------------------------------------------
+
+
+def _build(spec: SpaceSpec, num_envs: int | None, name: str, error: type[ValueError], bounds: bool) -> Checker:
+    if num_envs is not None and (isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1):
         raise ValueError(f"num_envs must be a positive integer or None, got {num_envs!r}")
-    batch = () if num_envs is None else (int(num_envs),)
-    root = _compile(spec, batch)
+    if num_envs is None:
+        root = _compile(spec, (), bounds)
 
-    if root.leaf is not None:
-        leaf = root.leaf
-
-        def check_leaf(value: Any) -> None:
+        def check(value: Any) -> None:
             try:
-                leaf(value)
+                root(value)
             except _Fail as failure:
-                raise error(f"{name}: {failure}") from None
+                raise error(f"{name}{failure.path}: {failure.message}") from None
 
-        return check_leaf
+        return check
 
-    if tree_util is None:
+    batched = _compile(spec, (num_envs,), bounds)
+    single = _compile(spec, (), bounds)
+    shaped = _compile(spec, (num_envs,), False)
 
-        def check_walk(value: Any) -> None:
-            _walk(root, value, name, error)
+    def check_batch(value: Any) -> None:
+        try:
+            batched(value)
+        except _Fail as failure:
+            found = _failing_lane(spec, shaped, single, value, num_envs)
+            if found is not None:
+                lane, lane_failure = found
+                raise error(f"{name}{lane_failure.path} for lane {lane}: {lane_failure.message}") from None
+            raise error(f"{name}{failure.path}: {failure.message}") from None
 
-        return check_walk
-
-    treedef = tree_util.tree_structure(_template(root))
-    checks = _leaf_checks(root, name)
-    flatten = tree_util.tree_flatten
-
-    def check_tree(value: Any) -> None:
-        leaves, found = flatten(value)
-        if found != treedef:
-            # Lists for tuples, dict subclasses, None leaves...: let the walk decide and explain.
-            _walk(root, value, name, error)
-            return
-        for leaf_value, (path, leaf) in zip(leaves, checks, strict=True):
-            try:
-                leaf(leaf_value)
-            except _Fail as failure:
-                raise error(f"{path}: {failure}") from None
-
-    return check_tree
+    return check_batch
 
 
-@functools.lru_cache(maxsize=128)
-def _cached(spec: SpaceSpec, num_envs: int | None, role: str) -> Checker:
-    if role == "action":
-        return _build(spec, num_envs, "action", InvalidActionError)
-    return _build(spec, num_envs, "observation", ValueError)
+@functools.lru_cache(maxsize=256)
+def _cached(spec: SpaceSpec, num_envs: int | None, role: str, bounds: bool) -> Checker:
+    error = InvalidActionError if role == "action" else ValueError
+    return _build(spec, num_envs, role, error, bounds)
+
+
+def make_checker(
+    spec: SpaceSpec | Mapping[str, Any], role: str, *, num_envs: int | None = None, bounds: bool = True
+) -> Checker:
+    """Build (once per arguments; cached) a check for values of ``spec``.
+
+    Args:
+        spec: The space spec of one environment (or its dict form).
+        role: ``"action"`` (failures raise :class:`~rlmesh.errors.InvalidActionError`) or
+            ``"observation"`` (``ValueError``); also the name that starts each message.
+        num_envs: None for one environment; ``N`` for values batched over ``N`` lanes, whose
+            failures name the first bad lane.
+        bounds: Check bounds too. ``False`` checks structure, shapes and dtype kinds only,
+            which works on traced values inside ``jax.jit``.
+
+    Returns:
+        ``check(value) -> None``, raising a ``ValueError`` that names the leaf path, the
+        expectation and what was found.
+
+    Raises:
+        ValueError: ``num_envs`` is not a positive integer or None.
+    """
+    if isinstance(spec, Mapping):
+        spec = SpaceSpec.from_dict(spec)
+    return _cached(spec, num_envs, role, bounds)
 
 
 def make_action_checker(spec: SpaceSpec, *, num_envs: int | None = None) -> Checker:
-    """Build (once per spec; cached) a check for actions of ``spec``.
-
-    Args:
-        spec: The action space spec of one environment (``env_contract.action_space``).
-        num_envs: None for a single environment; ``N`` for a vector client, whose actions
-            carry a leading axis of ``N`` (batched as ``gymnasium.vector`` batches spaces).
-
-    Returns:
-        ``check(action) -> None``, raising :class:`~rlmesh.errors.InvalidActionError` (a
-        ``ValueError``) that names the leaf path, the expectation and what was found.
+    """:func:`make_checker` for actions: failures raise :class:`~rlmesh.errors.InvalidActionError`.
 
     Example:
-        >>> check = make_action_checker(SpaceSpec("discrete", (), "int64", {"n": 2, "start": 0}))
+        >>> check = make_action_checker(DiscreteSpec(2))
         >>> check(1)
         >>> check(2)
         Traceback (most recent call last):
         rlmesh.errors.InvalidActionError: action: expected an integer in [0, 2) ...
     """
-    return _cached_or_build(spec, num_envs, "action")
+    return make_checker(spec, "action", num_envs=num_envs)
 
 
-def make_observation_checker(spec: SpaceSpec, *, num_envs: int | None = None) -> Checker:
-    """Build (once per spec; cached) a check for observations of ``spec``.
-
-    Args:
-        spec: The observation space spec of one environment.
-        num_envs: None for a single environment; ``N`` for batched observations.
-
-    Returns:
-        ``check(observation) -> None``, raising ``ValueError`` naming the leaf path, the
-        expectation and what was found.
-    """
-    return _cached_or_build(spec, num_envs, "observation")
-
-
-def _cached_or_build(spec: SpaceSpec, num_envs: int | None, role: str) -> Checker:
-    if isinstance(spec, Mapping):
-        spec = SpaceSpec.from_dict(dict(spec))
-    return _cached(spec, num_envs, role)
+def make_observation_checker(spec: SpaceSpec, *, num_envs: int | None = None, bounds: bool = True) -> Checker:
+    """:func:`make_checker` for observations: failures raise ``ValueError``."""
+    return make_checker(spec, "observation", num_envs=num_envs, bounds=bounds)

@@ -7,12 +7,13 @@ subclasses (see ``rlmesh/numpy.py``); all client behaviour lives here.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar, Generic, TypeVar
 
 from rlmesh import protocol as p
 from rlmesh.addresses import resolve_address
 from rlmesh.bridges import TENSOR_BRIDGE, Bridge
+from rlmesh.checks import Checker, make_action_checker, make_observation_checker
 from rlmesh.connection import DEFAULT_BUSY_POLL_SECONDS
 from rlmesh.errors import EndpointConnectionError
 from rlmesh.fanout import EndpointGroup
@@ -69,10 +70,13 @@ class _RemoteBase(Generic[ObsT, ActT]):
         except BaseException:
             self._detach_quietly()
             raise
-        self._action_check = self._make_checker(self._contract.action_space, validate_actions, "action")
-        self._observation_check = self._make_checker(
-            self._contract.observation_space, validate_observations, "observation"
-        )
+        num_envs = self._contract.num_envs
+        self._action_check: Checker | None = None
+        self._observation_check: Checker | None = None
+        if validate_actions and self.bridge.checks_locally:
+            self._action_check = make_action_checker(self._contract.action_space, num_envs=num_envs)
+        if validate_observations:
+            self._observation_check = make_observation_checker(self._contract.observation_space, num_envs=num_envs)
 
     def _resolve(self, addresses: Sequence[Any], host: Any, port: Any, path: Any, transport: str | None) -> list[str]:
         if not self._expects_vector:
@@ -100,12 +104,6 @@ class _RemoteBase(Generic[ObsT, ActT]):
     def request_timeout_seconds(self, value: float | None) -> None:
         if self._group is not None:
             self._group.request_timeout_seconds = value
-
-    def _make_checker(self, spec: Any, enabled: bool, role: str) -> Callable[[Any], None] | None:
-        factory = self.bridge.make_checker
-        if not enabled or factory is None:
-            return None
-        return factory(spec, self._contract.num_envs, role)
 
     def _check_arity(self) -> None:
         vector = self._contract.is_vector

@@ -77,12 +77,12 @@ def _tree_to_numpy(value: Any, spec: SpaceSpec | None, where: str = "action") ->
     if kind == "dict" or (kind is None and isinstance(value, Mapping)):
         if not isinstance(value, Mapping):
             return value  # the checker explains
-        subs = spec.details["spaces"] if spec is not None else {}
+        subs = spec.spaces if spec is not None else {}
         return {key: _tree_to_numpy(item, subs.get(key), f"{where}[{key!r}]") for key, item in value.items()}
     if kind == "tuple" or (kind is None and isinstance(value, tuple)):
         if not isinstance(value, tuple | list):
             return value
-        subs = spec.details["spaces"] if spec is not None else [None] * len(value)
+        subs = spec.spaces if spec is not None else [None] * len(value)
         return tuple(
             _tree_to_numpy(item, subs[i] if i < len(subs) else None, f"{where}[{i}]") for i, item in enumerate(value)
         )
@@ -116,7 +116,7 @@ def _batched_to_numpy(value: Any, spec: SpaceSpec | None, num_envs: int, where: 
             raise ValueError(
                 f"predict_batch returned {type(value).__name__} for {where}; expected a dict of batched values"
             )
-        subs = spec.details["spaces"] if spec is not None else {}
+        subs = spec.spaces if spec is not None else {}
         return {
             key: _batched_to_numpy(item, subs.get(key), num_envs, f"{where}[{key!r}]") for key, item in value.items()
         }
@@ -125,7 +125,7 @@ def _batched_to_numpy(value: Any, spec: SpaceSpec | None, num_envs: int, where: 
             raise ValueError(
                 f"predict_batch returned {type(value).__name__} for {where}; expected a tuple of batched values"
             )
-        subs = spec.details["spaces"] if spec is not None else [None] * len(value)
+        subs = spec.spaces if spec is not None else [None] * len(value)
         return tuple(
             _batched_to_numpy(item, subs[i] if i < len(subs) else None, num_envs, f"{where}[{i}]")
             for i, item in enumerate(value)
@@ -149,7 +149,7 @@ def _stack_lanes(lanes: Sequence[Any], spec: SpaceSpec | None, where: str = "act
     first = lanes[0]
     kind = spec.kind if spec is not None else None
     if kind == "dict" or (kind is None and isinstance(first, Mapping)):
-        subs = spec.details["spaces"] if spec is not None else {}
+        subs = spec.spaces if spec is not None else {}
         keys = list(first) if isinstance(first, Mapping) else []
         for i, lane in enumerate(lanes):
             if not isinstance(lane, Mapping) or set(lane) != set(keys):
@@ -160,7 +160,7 @@ def _stack_lanes(lanes: Sequence[Any], spec: SpaceSpec | None, where: str = "act
         for i, lane in enumerate(lanes):
             if not isinstance(lane, tuple | list) or len(lane) != size:
                 raise ValueError(f"{where}: lane {i} returned {lane!r:.80}, expected a tuple of {size}")
-        subs = spec.details["spaces"] if spec is not None else [None] * size
+        subs = spec.spaces if spec is not None else [None] * size
         return tuple(
             _stack_lanes([lane[i] for lane in lanes], subs[i] if i < len(subs) else None, f"{where}[{i}]")
             for i in range(size)
@@ -187,10 +187,10 @@ def _split_lane(obs: Any, spec: SpaceSpec | None, lane: int, bridge: Bridge) -> 
     """Lane ``lane`` of a fused observation tree."""
     kind = spec.kind if spec is not None else None
     if kind == "dict" or (kind is None and isinstance(obs, Mapping)):
-        subs = spec.details["spaces"] if spec is not None else {}
+        subs = spec.spaces if spec is not None else {}
         return {key: _split_lane(item, subs.get(key), lane, bridge) for key, item in obs.items()}
     if kind == "tuple" or (kind is None and isinstance(obs, tuple)):
-        subs = spec.details["spaces"] if spec is not None else [None] * len(obs)
+        subs = spec.spaces if spec is not None else [None] * len(obs)
         return tuple(_split_lane(item, subs[i], lane, bridge) for i, item in enumerate(obs))
     if kind == "text":
         return obs[lane]
@@ -201,10 +201,10 @@ def _add_lane_axis(obs: Any, spec: SpaceSpec | None, bridge: Bridge) -> Any:
     """A one-lane fused observation (leading axis of 1) from a single observation."""
     kind = spec.kind if spec is not None else None
     if kind == "dict" or (kind is None and isinstance(obs, Mapping)):
-        subs = spec.details["spaces"] if spec is not None else {}
+        subs = spec.spaces if spec is not None else {}
         return {key: _add_lane_axis(item, subs.get(key), bridge) for key, item in obs.items()}
     if kind == "tuple" or (kind is None and isinstance(obs, tuple)):
-        subs = spec.details["spaces"] if spec is not None else [None] * len(obs)
+        subs = spec.spaces if spec is not None else [None] * len(obs)
         return tuple(_add_lane_axis(item, subs[i], bridge) for i, item in enumerate(obs))
     if kind == "text":
         return (obs,)
@@ -310,8 +310,12 @@ class ModelBase(Generic[ObsT, ActT]):
         device: Any = None,
         vmap: bool = False,
     ) -> None:
-        for name, fn in (("predict_fn", predict_fn), ("predict_batch_fn", predict_batch_fn),
-                         ("on_episode_end", on_episode_end), ("on_close", on_close)):
+        for name, fn in (
+            ("predict_fn", predict_fn),
+            ("predict_batch_fn", predict_batch_fn),
+            ("on_episode_end", on_episode_end),
+            ("on_close", on_close),
+        ):
             if fn is not None and not callable(fn):
                 raise TypeError(f"{name} must be callable or None, got {type(fn).__name__} {fn!r:.80}")
         cls = type(self)
@@ -333,11 +337,15 @@ class ModelBase(Generic[ObsT, ActT]):
         self._closed = False
         is_jax = self.bridge.name == "jax"
         if vmap and not is_jax:
-            raise ValueError(f"vmap=True derives predict_batch with jax.vmap; use rlmesh.jax.Model, not {cls.__name__} "
-                             f"of the {self.bridge.name!r} backend")
+            raise ValueError(
+                f"vmap=True derives predict_batch with jax.vmap; use rlmesh.jax.Model, not {cls.__name__} "
+                f"of the {self.bridge.name!r} backend"
+            )
         if device is not None and not is_jax and device != "cpu":
-            raise ValueError(f"device {device!r}: the {self.bridge.name!r} backend keeps observations on the host; "
-                             "pass None or 'cpu' (use rlmesh.jax.Model to place them on an accelerator)")
+            raise ValueError(
+                f"device {device!r}: the {self.bridge.name!r} backend keeps observations on the host; "
+                "pass None or 'cpu' (use rlmesh.jax.Model to place them on an accelerator)"
+            )
         self._vmap = vmap
         self._vmapped: Callable[[Any], Any] | None = None
         self._device_request = device
@@ -446,8 +454,12 @@ class ModelBase(Generic[ObsT, ActT]):
             raise TypeError(f"{type(self).__name__} has no predict or predict_batch")
         lanes = self._num_envs if self._num_envs is not None else _first_lane_count(obs)
         spec = self._observation_spec()
-        actions = [_tree_to_numpy(self.predict(_split_lane(obs, spec, i, self.bridge)), self._action_spec(),
-                                  f"action of lane {i}") for i in range(lanes)]
+        actions = [
+            _tree_to_numpy(
+                self.predict(_split_lane(obs, spec, i, self.bridge)), self._action_spec(), f"action of lane {i}"
+            )
+            for i in range(lanes)
+        ]
         return _stack_lanes(actions, self._action_spec())
 
     def __call__(self, obs: ObsT) -> ActT:

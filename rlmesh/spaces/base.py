@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import numpy as np
 
 from rlmesh.bridges import TENSOR_BRIDGE, Bridge
+from rlmesh.checks import make_observation_checker
+from rlmesh.seeding import check_seed
 from rlmesh.specs import SpaceSpec
 
 T = TypeVar("T")
@@ -15,14 +18,15 @@ T = TypeVar("T")
 class Space(Generic[T]):
     """A space whose samples and members are values of one backend.
 
-    Subclasses implement ``_sample_numpy`` (a NumPy or Python value) and ``_contains``
-    (given NumPy-converted leaves). The bridge decides what sampled array leaves become.
+    Subclasses implement ``_sample_numpy`` (a NumPy or Python value); membership is the
+    space's compiled contract check. The bridge decides what sampled array leaves become.
     """
 
     def __init__(self, spec: SpaceSpec, *, bridge: Bridge = TENSOR_BRIDGE, seed: int | None = None):
         self._spec = spec
         self.bridge = bridge
         self._rng = np.random.default_rng(seed)
+        self._check: Callable[[Any], None] | None = None
 
     @property
     def spec(self) -> SpaceSpec:
@@ -46,12 +50,11 @@ class Space(Generic[T]):
 
     def seed(self, seed: int | None = None) -> int:
         """Reseed sampling; returns the seed used (a fresh one when ``seed`` is None)."""
+        seed = check_seed(seed)
         if seed is None:
             seed = int(np.random.SeedSequence().generate_state(1, np.uint32)[0])
-        elif not isinstance(seed, int | np.integer) or isinstance(seed, bool) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
-        self._rng = np.random.default_rng(int(seed))
-        return int(seed)
+        self._rng = np.random.default_rng(seed)
+        return seed
 
     def sample(self) -> T:
         """A random member of the space, in the bridge's values."""
@@ -60,10 +63,14 @@ class Space(Generic[T]):
 
     def contains(self, value: Any) -> bool:
         """Whether ``value`` (backend array, NumPy array or Python value) is in the space."""
+        check = self._check
+        if check is None:
+            check = self._check = make_observation_checker(self._spec)
         try:
-            return bool(self._contains(value))
+            check(value)
         except (TypeError, ValueError):
             return False
+        return True
 
     def __contains__(self, value: Any) -> bool:
         return self.contains(value)
@@ -74,17 +81,7 @@ class Space(Generic[T]):
 
         return to_gymnasium_space(self._spec)
 
-    def _to_numpy(self, value: Any) -> np.ndarray:
-        if isinstance(value, np.ndarray):
-            return value
-        if self.bridge.is_array(value) or hasattr(value, "__dlpack__") or hasattr(value, "__array__"):
-            return np.asarray(self.bridge.to_numpy(value))
-        return np.asarray(value)
-
     def _sample_numpy(self) -> Any:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def _contains(self, value: Any) -> bool:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def __eq__(self, other: object) -> bool:

@@ -5,11 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
 from rlmesh.bridges import TENSOR_BRIDGE, Bridge
 from rlmesh.spaces.base import Space
-from rlmesh.specs import SpaceSpec
+from rlmesh.specs import DictSpec, TupleSpec
 
 
 class Dict(Space[dict[str, Any]]):
@@ -20,7 +18,7 @@ class Dict(Space[dict[str, Any]]):
         for key in self.spaces:
             if not isinstance(key, str):
                 raise ValueError(f"Dict space keys must be strings, got {key!r}")
-        spec = SpaceSpec("dict", (), None, {"spaces": {k: s.spec for k, s in self.spaces.items()}})
+        spec = DictSpec({k: s.spec for k, s in self.spaces.items()})
         super().__init__(spec, bridge=bridge, seed=seed)
         if seed is not None:
             self.seed(seed)
@@ -36,13 +34,6 @@ class Dict(Space[dict[str, Any]]):
         """A dict with one sample per subspace."""
         return {key: space.sample() for key, space in self.spaces.items()}
 
-    def _contains(self, value: Any) -> bool:
-        return (
-            isinstance(value, Mapping)
-            and set(value) == set(self.spaces)
-            and all(space.contains(value[key]) for key, space in self.spaces.items())
-        )
-
     def __getitem__(self, key: str) -> Space[Any]:
         return self.spaces[key]
 
@@ -55,9 +46,7 @@ class Tuple(Space[tuple[Any, ...]]):
 
     def __init__(self, spaces: Sequence[Space[Any]], *, bridge: Bridge = TENSOR_BRIDGE, seed: int | None = None):
         self.spaces = tuple(spaces)
-        super().__init__(
-            SpaceSpec("tuple", (), None, {"spaces": [s.spec for s in self.spaces]}), bridge=bridge, seed=seed
-        )
+        super().__init__(TupleSpec([s.spec for s in self.spaces]), bridge=bridge, seed=seed)
         if seed is not None:
             self.seed(seed)
 
@@ -71,11 +60,6 @@ class Tuple(Space[tuple[Any, ...]]):
     def sample(self) -> tuple[Any, ...]:
         """A tuple with one sample per subspace."""
         return tuple(space.sample() for space in self.spaces)
-
-    def _contains(self, value: Any) -> bool:
-        if isinstance(value, np.ndarray) or not isinstance(value, tuple | list):
-            return False
-        return len(value) == len(self.spaces) and all(s.contains(v) for s, v in zip(self.spaces, value, strict=True))
 
     def __getitem__(self, index: int) -> Space[Any]:
         return self.spaces[index]

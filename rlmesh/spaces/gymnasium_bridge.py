@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
 
 from rlmesh.errors import missing_extra
-from rlmesh.spaces.simple import compact_bound
-from rlmesh.specs import SpaceSpec
+from rlmesh.specs import (
+    BoxSpec,
+    DictSpec,
+    DiscreteSpec,
+    MultiBinarySpec,
+    MultiDiscreteSpec,
+    SpaceSpec,
+    TextSpec,
+    TupleSpec,
+)
 from rlmesh.tensor import wire_dtype
 
 
@@ -29,30 +38,19 @@ def spec_from_gymnasium_space(space: Any) -> SpaceSpec:
     """
     spaces = _gymnasium_spaces()
     if isinstance(space, spaces.Box):
-        dtype = _space_dtype(space)
-        return SpaceSpec(
-            "box", space.shape, dtype, {"low": compact_bound(space.low), "high": compact_bound(space.high)}
-        )
+        return BoxSpec(space.shape, _space_dtype(space), space.low, space.high)
     if isinstance(space, spaces.Discrete):
-        return SpaceSpec("discrete", (), _space_dtype(space), {"n": int(space.n), "start": int(space.start)})
+        return DiscreteSpec(int(space.n), int(space.start), _space_dtype(space))
     if isinstance(space, spaces.MultiBinary):
-        return SpaceSpec("multi_binary", space.shape, _space_dtype(space))
+        return MultiBinarySpec(space.shape, _space_dtype(space))
     if isinstance(space, spaces.MultiDiscrete):
-        details = {"nvec": space.nvec.tolist(), "start": space.start.tolist()}
-        return SpaceSpec("multi_discrete", space.shape, _space_dtype(space), details)
+        return MultiDiscreteSpec(space.nvec, space.start, _space_dtype(space))
     if isinstance(space, spaces.Text):
-        details = {
-            "min_length": int(space.min_length),
-            "max_length": int(space.max_length),
-            "charset": "".join(sorted(space.character_set)),
-        }
-        return SpaceSpec("text", (), None, details)
+        return TextSpec(int(space.max_length), int(space.min_length), "".join(sorted(space.character_set)))
     if isinstance(space, spaces.Dict):
-        return SpaceSpec(
-            "dict", (), None, {"spaces": {str(k): spec_from_gymnasium_space(v) for k, v in space.spaces.items()}}
-        )
+        return DictSpec({str(k): spec_from_gymnasium_space(v) for k, v in space.spaces.items()})
     if isinstance(space, spaces.Tuple):
-        return SpaceSpec("tuple", (), None, {"spaces": [spec_from_gymnasium_space(v) for v in space.spaces]})
+        return TupleSpec([spec_from_gymnasium_space(v) for v in space.spaces])
     raise ValueError(
         f"{type(space).__name__} spaces ({space}) cannot be served by rlmesh; supported: Box, "
         "Discrete, MultiBinary, MultiDiscrete, Text, Dict, Tuple (wrap the env to flatten it)"
@@ -68,23 +66,47 @@ def _space_dtype(space: Any) -> str:
 
 def to_gymnasium_space(spec_or_space: Any) -> Any:
     """Build the ``gymnasium.spaces`` space for a :class:`SpaceSpec` or an rlmesh space."""
-    spaces = _gymnasium_spaces()
-    spec: SpaceSpec = getattr(spec_or_space, "spec", spec_or_space)
-    d = spec.details
-    if spec.kind == "box":
-        dtype = np.dtype(spec.dtype)
-        low, high = (np.broadcast_to(np.asarray(d[key], dtype), spec.shape) for key in ("low", "high"))
-        return spaces.Box(low, high, shape=spec.shape, dtype=dtype)
-    if spec.kind == "discrete":
-        return spaces.Discrete(d["n"], start=d.get("start", 0), dtype=np.dtype(spec.dtype or "int64"))
-    if spec.kind == "multi_binary":
-        return spaces.MultiBinary(list(spec.shape))
-    if spec.kind == "multi_discrete":
-        return spaces.MultiDiscrete(
-            np.asarray(d["nvec"]), dtype=np.dtype(spec.dtype), start=np.asarray(d.get("start", 0))
-        )
-    if spec.kind == "text":
-        return spaces.Text(d["max_length"], min_length=d["min_length"], charset=d["charset"])
-    if spec.kind == "dict":
-        return spaces.Dict({k: to_gymnasium_space(v) for k, v in d["spaces"].items()})
-    return spaces.Tuple([to_gymnasium_space(v) for v in d["spaces"]])
+    spec = getattr(spec_or_space, "spec", spec_or_space)
+    return _to_gymnasium(spec, _gymnasium_spaces())
+
+
+@functools.singledispatch
+def _to_gymnasium(spec: SpaceSpec, spaces: Any) -> Any:
+    raise TypeError(f"expected a SpaceSpec or an rlmesh space, got {type(spec).__name__} {spec!r:.80}")
+
+
+@_to_gymnasium.register
+def _(spec: BoxSpec, spaces: Any) -> Any:
+    dtype = np.dtype(spec.dtype)
+    low, high = (np.broadcast_to(np.asarray(bound, dtype), spec.shape) for bound in (spec.low, spec.high))
+    return spaces.Box(low, high, shape=spec.shape, dtype=dtype)
+
+
+@_to_gymnasium.register
+def _(spec: DiscreteSpec, spaces: Any) -> Any:
+    return spaces.Discrete(spec.n, start=spec.start, dtype=np.dtype(spec.dtype))
+
+
+@_to_gymnasium.register
+def _(spec: MultiBinarySpec, spaces: Any) -> Any:
+    return spaces.MultiBinary(list(spec.shape))
+
+
+@_to_gymnasium.register
+def _(spec: MultiDiscreteSpec, spaces: Any) -> Any:
+    return spaces.MultiDiscrete(np.asarray(spec.nvec), dtype=np.dtype(spec.dtype), start=np.asarray(spec.start))
+
+
+@_to_gymnasium.register
+def _(spec: TextSpec, spaces: Any) -> Any:
+    return spaces.Text(spec.max_length, min_length=spec.min_length, charset=spec.charset)
+
+
+@_to_gymnasium.register
+def _(spec: DictSpec, spaces: Any) -> Any:
+    return spaces.Dict({key: _to_gymnasium(sub, spaces) for key, sub in spec.spaces.items()})
+
+
+@_to_gymnasium.register
+def _(spec: TupleSpec, spaces: Any) -> Any:
+    return spaces.Tuple([_to_gymnasium(sub, spaces) for sub in spec.spaces])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import string
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,18 +9,15 @@ import numpy as np
 
 from rlmesh.bridges import TENSOR_BRIDGE, Bridge
 from rlmesh.spaces.base import Space
-from rlmesh.specs import SpaceSpec
+from rlmesh.specs import (
+    DEFAULT_CHARSET,
+    BoxSpec,
+    DiscreteSpec,
+    MultiBinarySpec,
+    MultiDiscreteSpec,
+    TextSpec,
+)
 from rlmesh.tensor import wire_dtype
-
-DEFAULT_CHARSET = string.ascii_letters + string.digits
-
-
-def compact_bound(bound: np.ndarray) -> Any:
-    """A scalar when every element is equal (cheap handshakes for image spaces), else lists."""
-    flat = bound.reshape(-1)
-    if flat.size and np.all(flat == flat[0]):
-        return flat[0].item()
-    return bound.tolist()
 
 
 def _is_integer_scalar(value: Any) -> bool:
@@ -30,14 +26,6 @@ def _is_integer_scalar(value: Any) -> bool:
     if isinstance(value, int | np.integer):
         return True
     return isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iu"
-
-
-def _same_kind(found: np.dtype, expected: np.dtype) -> bool:
-    if expected.kind == "f":
-        return found.kind in "fiu"
-    if expected.kind in "iu":
-        return found.kind in "iu"
-    return found.kind == expected.kind
 
 
 class Box(Space[Any]):
@@ -61,7 +49,7 @@ class Box(Space[Any]):
         self.high = np.broadcast_to(np.asarray(high, dtype=dtype), shape).copy()
         if np.any(self.low > self.high):
             raise ValueError(f"Box low must not exceed high; got low={low!r}, high={high!r}")
-        spec = SpaceSpec("box", shape, dtype.name, {"low": compact_bound(self.low), "high": compact_bound(self.high)})
+        spec = BoxSpec(shape, dtype.name, self.low, self.high)
         super().__init__(spec, bridge=bridge, seed=seed)
 
     def _sample_numpy(self) -> np.ndarray:
@@ -85,16 +73,8 @@ class Box(Space[Any]):
         sample[neither] = self._rng.normal(size=neither.sum())
         return np.clip(sample, low, high).astype(dtype)
 
-    def _contains(self, value: Any) -> bool:
-        array = self._to_numpy(value)
-        expected = self.dtype
-        assert expected is not None
-        if array.shape != self.shape or not _same_kind(array.dtype, expected):
-            return False
-        return bool(np.all(array >= self.low) and np.all(array <= self.high))
-
     def __repr__(self) -> str:
-        return f"Box({self.spec.details['low']}, {self.spec.details['high']}, {self.shape}, {self.spec.dtype})"
+        return f"Box({self.spec.low}, {self.spec.high}, {self.shape}, {self.spec.dtype})"
 
 
 class Discrete(Space[Any]):
@@ -104,24 +84,11 @@ class Discrete(Space[Any]):
         if not _is_integer_scalar(n) or int(n) <= 0:
             raise ValueError(f"Discrete n must be a positive integer, got {n!r}")
         self.n, self.start = int(n), int(start)
-        super().__init__(
-            SpaceSpec("discrete", (), "int64", {"n": self.n, "start": self.start}), bridge=bridge, seed=seed
-        )
+        super().__init__(DiscreteSpec(self.n, self.start), bridge=bridge, seed=seed)
 
     def sample(self) -> Any:
         """A random integer as the backend's 0-d value for arrays, here a Python int."""
         return self.bridge.from_numpy(np.asarray(self.start + int(self._rng.integers(self.n)), np.int64))
-
-    def _contains(self, value: Any) -> bool:
-        if not _is_integer_scalar(value):
-            if self.bridge.is_array(value) or hasattr(value, "__dlpack__"):
-                array = self._to_numpy(value)
-                if array.ndim or array.dtype.kind not in "iu":
-                    return False
-                value = array
-            else:
-                return False
-        return self.start <= int(value) < self.start + self.n
 
     def __repr__(self) -> str:
         return f"Discrete({self.n})" if not self.start else f"Discrete({self.n}, start={self.start})"
@@ -132,7 +99,7 @@ class MultiBinary(Space[Any]):
 
     def __init__(self, n: int | Sequence[int], *, bridge: Bridge = TENSOR_BRIDGE, seed: int | None = None):
         shape = (int(n),) if np.ndim(n) == 0 else tuple(int(d) for d in n)  # type: ignore[union-attr]
-        super().__init__(SpaceSpec("multi_binary", shape, "int8"), bridge=bridge, seed=seed)
+        super().__init__(MultiBinarySpec(shape), bridge=bridge, seed=seed)
 
     @property
     def n(self) -> int | tuple[int, ...]:
@@ -141,10 +108,6 @@ class MultiBinary(Space[Any]):
 
     def _sample_numpy(self) -> np.ndarray:
         return self._rng.integers(0, 2, size=self.shape, dtype=np.int8)
-
-    def _contains(self, value: Any) -> bool:
-        array = self._to_numpy(value)
-        return array.shape == self.shape and array.dtype.kind in "biu" and bool(np.all((array == 0) | (array == 1)))
 
     def __repr__(self) -> str:
         return f"MultiBinary({self.n})"
@@ -171,17 +134,11 @@ class MultiDiscrete(Space[Any]):
             if start is None
             else np.broadcast_to(np.asarray(start, dtype=dtype), self.nvec.shape).copy()
         )
-        details = {"nvec": self.nvec.tolist(), "start": self.start.tolist()}
-        super().__init__(SpaceSpec("multi_discrete", self.nvec.shape, dtype.name, details), bridge=bridge, seed=seed)
+        spec = MultiDiscreteSpec(self.nvec, self.start, dtype.name)
+        super().__init__(spec, bridge=bridge, seed=seed)
 
     def _sample_numpy(self) -> np.ndarray:
         return (self.start + self._rng.integers(0, self.nvec, size=self.nvec.shape)).astype(self.nvec.dtype)
-
-    def _contains(self, value: Any) -> bool:
-        array = self._to_numpy(value)
-        if array.shape != self.shape or array.dtype.kind not in "iu":
-            return False
-        return bool(np.all(array >= self.start) and np.all(array < self.start + self.nvec))
 
     def __repr__(self) -> str:
         return f"MultiDiscrete({self.nvec.tolist()})"
@@ -203,8 +160,8 @@ class Text(Space[str]):
             raise ValueError(f"Text needs 0 <= min_length <= max_length, got {min_length}, {max_length}")
         self.min_length, self.max_length = int(min_length), int(max_length)
         self.charset = "".join(sorted(set(charset)))
-        details = {"min_length": self.min_length, "max_length": self.max_length, "charset": self.charset}
-        super().__init__(SpaceSpec("text", (), None, details), bridge=bridge, seed=seed)
+        spec = TextSpec(self.max_length, self.min_length, self.charset)
+        super().__init__(spec, bridge=bridge, seed=seed)
 
     def sample(self) -> str:
         """A random string."""
@@ -212,13 +169,6 @@ class Text(Space[str]):
         if not self.charset:
             return ""
         return "".join(self._rng.choice(list(self.charset), size=length))
-
-    def _contains(self, value: Any) -> bool:
-        return (
-            isinstance(value, str)
-            and self.min_length <= len(value) <= self.max_length
-            and set(value) <= set(self.charset)
-        )
 
     def __repr__(self) -> str:
         return f"Text({self.min_length}, {self.max_length})"

@@ -15,7 +15,12 @@ from rlmesh.integrations.jit_step import EnvHandle, JitVectorEnv, StepResult, re
 
 import rlmesh.jax as rj
 from rlmesh import EnvServer
-from rlmesh.specs import SpaceSpec
+from rlmesh.specs import (
+    BoxSpec,
+    DictSpec,
+    DiscreteSpec,
+    TextSpec,
+)
 
 STEPS = 200
 NUM_ENVS = 4
@@ -128,19 +133,10 @@ def test_single_env_endpoints_are_refused(serve: Callable[..., EnvServer]) -> No
 
 
 def test_result_shapes() -> None:
-    nested = SpaceSpec(
-        "dict",
-        (),
-        None,
-        {
-            "image": SpaceSpec("box", (2, 2), "uint8", {"low": 0, "high": 255}),
-            "index": SpaceSpec("discrete", (), "int64", {"n": 3, "start": 0}),
-        },
-    )
-    nested = SpaceSpec("dict", (), None, {"spaces": nested.details})
+    nested = DictSpec({"image": BoxSpec((2, 2), "uint8", 0, 255), "index": DiscreteSpec(3, 0)})
     shapes = result_shapes(nested, 4)
     assert shapes["image"] == jax.ShapeDtypeStruct((4, 2, 2), jnp.uint8)
     assert shapes["index"].shape == (4,)
-    text = SpaceSpec("text", (), None, {"min_length": 1, "max_length": 3, "charset": "ab"})
+    text = TextSpec(3, 1, "ab")
     with pytest.raises(ValueError, match="Text"):
         result_shapes(text, 4)

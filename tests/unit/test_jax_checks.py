@@ -14,25 +14,22 @@ from gymnasium.vector.utils import batch_space
 from rlmesh.checks import make_action_checker, make_observation_checker
 from rlmesh.errors import InvalidActionError
 from rlmesh.spaces import spec_from_gymnasium_space
-from rlmesh.specs import SpaceSpec
+from rlmesh.specs import (
+    BoxSpec,
+    DictSpec,
+    DiscreteSpec,
+    MultiBinarySpec,
+    MultiDiscreteSpec,
+    TextSpec,
+    TupleSpec,
+)
 from rlmesh.tensor import Tensor
 
-BOX = SpaceSpec("box", (4,), "float32", {"low": -1.0, "high": 1.0})
-DISCRETE = SpaceSpec("discrete", (), "int64", {"n": 3, "start": 2})
-ARM = SpaceSpec("box", (3,), "float32", {"low": [-1.0, -2.0, -3.0], "high": [1.0, 2.0, 3.0]})
-TEXT = SpaceSpec("text", (), None, {"min_length": 1, "max_length": 4, "charset": "abc"})
-NESTED = SpaceSpec(
-    "dict",
-    (),
-    None,
-    {
-        "spaces": {
-            "arm": ARM,
-            "grip": DISCRETE,
-            "more": SpaceSpec("tuple", (), None, {"spaces": [TEXT, SpaceSpec("multi_binary", (2,))]}),
-        }
-    },
-)
+BOX = BoxSpec((4,), "float32", -1.0, 1.0)
+DISCRETE = DiscreteSpec(3, 2)
+ARM = BoxSpec((3,), "float32", [-1.0, -2.0, -3.0], [1.0, 2.0, 3.0])
+TEXT = TextSpec(4, 1, "abc")
+NESTED = DictSpec({"arm": ARM, "grip": DISCRETE, "more": TupleSpec([TEXT, MultiBinarySpec((2,))])})
 
 GYM_SPACES = {
     "box": gs.Box(-1.0, 1.0, (2, 3), np.float32),
@@ -105,24 +102,24 @@ def test_box_refusals() -> None:
 
 
 def test_unbounded_and_half_bounded_boxes() -> None:
-    check = make_action_checker(SpaceSpec("box", (2,), "float32", {"low": -math.inf, "high": math.inf}))
+    check = make_action_checker(BoxSpec((2,), "float32", -math.inf, math.inf))
     check(np.array([1e30, -1e30], np.float32))
-    half = make_action_checker(SpaceSpec("box", (2,), "float32", {"low": [0.0, -math.inf], "high": math.inf}))
+    half = make_action_checker(BoxSpec((2,), "float32", [0.0, -math.inf], math.inf))
     half(np.array([0.0, -1e30]))
     assert "out of bounds" in _message(half, np.array([-1.0, 0.0]))
 
 
 def test_large_boxes_use_vectorised_bounds() -> None:
-    check = make_action_checker(SpaceSpec("box", (64, 64), "uint8", {"low": 0, "high": 200}))
+    check = make_action_checker(BoxSpec((64, 64), "uint8", 0, 200))
     check(np.full((64, 64), 200, np.uint8))
     big = np.zeros((64, 64), np.uint8)
     big[10, 10] = 201
     assert "out of bounds" in _message(check, big)
     assert "found float32" in _message(check, np.zeros((64, 64), np.float32))
-    full_range = make_action_checker(SpaceSpec("box", (64, 64), "uint8", {"low": 0, "high": 255}))
+    full_range = make_action_checker(BoxSpec((64, 64), "uint8", 0, 255))
     full_range(np.full((64, 64), 255, np.uint8))  # every uint8 fits: no scan needed
     assert "out of bounds" in _message(full_range, np.full((64, 64), 256, np.int32))
-    floats = make_action_checker(SpaceSpec("box", (64,), "float32", {"low": -1.0, "high": 1.0}))
+    floats = make_action_checker(BoxSpec((64,), "float32", -1.0, 1.0))
     nan = np.zeros(64, np.float32)
     nan[7] = np.nan
     assert "out of bounds" in _message(floats, nan)
@@ -140,18 +137,47 @@ def test_discrete_refusals() -> None:
 def test_batched_refusals_name_the_batch() -> None:
     check = make_action_checker(DISCRETE, num_envs=4)
     assert "shape (4,)" in _message(check, jnp.array([2, 3, 4]))
-    assert "out of bounds" in _message(check, jnp.array([2, 3, 4, 5]))
+    assert _message(check, jnp.array([2, 3, 4, 5])).startswith("action for lane 3: expected an integer in [2, 5)")
     box = make_action_checker(BOX, num_envs=2)
     box(jnp.zeros((2, 4)))
     assert "shape (2, 4)" in _message(box, jnp.zeros(4))
 
 
+def test_batched_refusals_name_the_lane_and_the_leaf() -> None:
+    check = make_action_checker(NESTED, num_envs=2)
+    good = {
+        "arm": np.zeros((2, 3), np.float32),
+        "grip": np.array([2, 4]),
+        "more": (("a", "b"), np.zeros((2, 2), np.int8)),
+    }
+    check(good)
+    message = _message(check, {**good, "grip": jnp.array([2, 9])})
+    assert message.startswith("action['grip'] for lane 1: expected an integer in [2, 5)") and "found" in message
+    assert _message(check, {**good, "more": (("a", "z"), good["more"][1])}).startswith("action['more'][0] for lane 1")
+    observation = make_observation_checker(BOX, num_envs=3)
+    assert "for lane 2" in _message(
+        observation, Tensor.from_numpy(np.array([[0, 0, 0, 0]] * 2 + [[0, 0, 0, 3]], np.float32))
+    )
+
+
+def test_structure_only_checks_accept_tracers() -> None:
+    check = make_observation_checker(BOX, bounds=False)
+    check(np.full(4, 7.0, np.float32))  # bounds are not checked
+
+    def traced(x: jax.Array) -> jax.Array:
+        check(x)
+        return x
+
+    jax.jit(traced)(jnp.zeros(4))
+    assert "shape (4,)" in _message(check, np.zeros(3, np.float32))
+
+
 def test_multi_discrete_multi_binary_and_text() -> None:
-    md = make_action_checker(SpaceSpec("multi_discrete", (2,), "int64", {"nvec": [2, 3], "start": [0, 1]}))
+    md = make_action_checker(MultiDiscreteSpec([2, 3], [0, 1]))
     md(np.array([1, 3]))
     assert "out of bounds" in _message(md, np.array([1, 4]))
     assert "found float64" in _message(md, np.array([1.0, 2.0]))
-    mb = make_action_checker(SpaceSpec("multi_binary", (3,), "int8"))
+    mb = make_action_checker(MultiBinarySpec((3,)))
     mb(jnp.array([True, False, True]))
     assert "0/1" in _message(mb, np.array([0, 2, 1]))
     text = make_action_checker(TEXT)

@@ -17,12 +17,18 @@ import pytest
 import rlmesh.jax as rj
 from rlmesh import _jax_values
 from rlmesh._jax_values import JAX_BRIDGE, MIN_JAX_VERSION, check_jax_version
-from rlmesh.specs import SpaceSpec
+from rlmesh.specs import (
+    BoxSpec,
+    DictSpec,
+    DiscreteSpec,
+    MultiBinarySpec,
+    TupleSpec,
+)
 from rlmesh.tensor import WIRE_DTYPES, Tensor
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SIXTY_FOUR_BIT = ("int64", "uint64", "float64")
-BINARY4 = SpaceSpec("multi_binary", (4,), "int8")
+BINARY4 = MultiBinarySpec((4,))
 
 
 def _values(dtype: str, shape: tuple[int, ...] = (3, 5)) -> np.ndarray:
@@ -234,11 +240,11 @@ def test_bridge_table() -> None:
     assert JAX_BRIDGE.encode_leaf(decoded) == tensor
     assert isinstance(JAX_BRIDGE.from_numpy(np.ones(2)), jax.Array)
     assert isinstance(JAX_BRIDGE.to_numpy(decoded), np.ndarray)
-    assert JAX_BRIDGE.make_checker is not None
+    assert JAX_BRIDGE.checks_locally
 
 
 def test_space_from_spec_samples_jax_values_reproducibly() -> None:
-    spec = SpaceSpec("box", (3,), "float32", {"low": -1.0, "high": 1.0})
+    spec = BoxSpec((3,), "float32", -1.0, 1.0)
     space = rj.space_from_spec(spec)
     space.seed(7)
     first = [space.sample() for _ in range(3)]
@@ -253,17 +259,7 @@ def test_space_from_spec_samples_jax_values_reproducibly() -> None:
 
 
 def test_space_from_spec_nested_spaces() -> None:
-    spec = SpaceSpec(
-        "dict",
-        (),
-        None,
-        {
-            "spaces": {
-                "d": SpaceSpec("discrete", (), "int64", {"n": 3, "start": 1}),
-                "t": SpaceSpec("tuple", (), None, {"spaces": [SpaceSpec("multi_binary", (4,), "int8")]}),
-            }
-        },
-    )
+    spec = DictSpec({"d": DiscreteSpec(3, 1), "t": TupleSpec([MultiBinarySpec((4,))])})
     space = rj.space_from_spec(spec)
     space.seed(0)
     sample = space.sample()
@@ -276,7 +272,7 @@ def test_space_from_spec_nested_spaces() -> None:
 @pytest.mark.parametrize("x64", [False, True])
 def test_sixty_four_bit_spaces_follow_x64(x64: bool) -> None:
     with jax.enable_x64(x64):
-        space = rj.space_from_spec(SpaceSpec("box", (2,), "float64", {"low": 0.0, "high": 1.0}))
+        space = rj.space_from_spec(BoxSpec((2,), "float64", 0.0, 1.0))
         space.seed(0)
         sample = space.sample()
         assert sample.dtype == (jnp.float64 if x64 else jnp.float32)

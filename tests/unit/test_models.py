@@ -23,13 +23,19 @@ from rlmesh.models import (
     _stack_lanes,
     run,
 )
-from rlmesh.specs import EnvContract, SpaceSpec
+from rlmesh.specs import (
+    BoxSpec,
+    DictSpec,
+    DiscreteSpec,
+    EnvContract,
+    SpaceSpec,
+)
 from rlmesh.tensor import Tensor
 
-DISCRETE = SpaceSpec("discrete", (), "int64", {"n": 2, "start": 0})
-BOX4 = SpaceSpec("box", (4,), "float32", {"low": -np.inf, "high": np.inf})
-BOX2 = SpaceSpec("box", (2,), "float32", {"low": -1.0, "high": 1.0})
-DICT = SpaceSpec("dict", (), None, {"spaces": {"move": BOX2, "jump": DISCRETE}})
+DISCRETE = DiscreteSpec(2, 0)
+BOX4 = BoxSpec((4,), "float32", -np.inf, np.inf)
+BOX2 = BoxSpec((2,), "float32", -1.0, 1.0)
+DICT = DictSpec({"move": BOX2, "jump": DISCRETE})
 
 
 NumpyModel = rlmesh.numpy.Model
@@ -333,8 +339,11 @@ def test_hooks_load_episode_end_and_close() -> None:
         def load(self) -> None:
             events.append("load")
 
-    model = Hooked(cartpole_policy, on_episode_end=lambda e: events.append(f"end {e.index}"),
-                   on_close=lambda: events.append("close"))
+    model = Hooked(
+        cartpole_policy,
+        on_episode_end=lambda e: events.append(f"end {e.index}"),
+        on_close=lambda: events.append("close"),
+    )
     model.run(gym.make("CartPole-v1"), seeds=[0, 1])
     model.run(gym.make("CartPole-v1"), seeds=[2])
     with model:

@@ -125,4 +125,4 @@ def test_contract_round_trip_and_default_id() -> None:
 
 def test_bad_spec_kind() -> None:
     with pytest.raises(ValueError, match="space kind 'graph'"):
-        SpaceSpec("graph")
+        SpaceSpec.from_dict({"kind": "graph"})
