@@ -8,12 +8,13 @@ Gymnasium's ``SyncVectorEnv`` batches them (infos with ``_key`` masks included).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from rlmesh.specs import SpaceSpec
+from rlmesh.specs import DictSpec, SpaceSpec, TextSpec, TupleSpec
 from rlmesh.tensor import Tensor, aligned_empty
 
 Part = tuple[Any, int | None]
@@ -32,22 +33,35 @@ def take(spec: SpaceSpec, batch: Any, start: int, count: int | None, to_numpy: C
         to_numpy: The backend's array-to-NumPy conversion.
     """
     index: Any = start if count is None else slice(start, start + count)
-    if isinstance(batch, list | tuple) and spec.kind != "tuple":
+    if isinstance(batch, list | tuple) and not isinstance(spec, TupleSpec):
         return batch[index] if count is None else list(batch[index])
     return _take(spec, batch, index, to_numpy)
 
 
+@functools.singledispatch
 def _take(spec: SpaceSpec, batch: Any, index: Any, to_numpy: Callable[[Any], Any]) -> Any:
-    if spec.kind == "dict" and isinstance(batch, dict):
-        return {
-            k: _take(spec.details["spaces"][k], v, index, to_numpy) if k in spec.details["spaces"] else v
-            for k, v in batch.items()
-        }
-    if spec.kind == "tuple" and isinstance(batch, list | tuple):
-        return tuple(_take(s, v, index, to_numpy) for s, v in zip(spec.details["spaces"], batch, strict=False))
-    if spec.kind == "text" and isinstance(batch, list | tuple):
-        return batch[index] if isinstance(index, int) else tuple(batch[index])
     return np.asarray(to_numpy(batch))[index]
+
+
+@_take.register
+def _(spec: DictSpec, batch: Any, index: Any, to_numpy: Callable[[Any], Any]) -> Any:
+    if not isinstance(batch, dict):
+        return np.asarray(to_numpy(batch))[index]
+    return {k: _take(spec.spaces[k], v, index, to_numpy) if k in spec.spaces else v for k, v in batch.items()}
+
+
+@_take.register
+def _(spec: TupleSpec, batch: Any, index: Any, to_numpy: Callable[[Any], Any]) -> Any:
+    if not isinstance(batch, list | tuple):
+        return np.asarray(to_numpy(batch))[index]
+    return tuple(_take(s, v, index, to_numpy) for s, v in zip(spec.spaces, batch, strict=False))
+
+
+@_take.register
+def _(spec: TextSpec, batch: Any, index: Any, to_numpy: Callable[[Any], Any]) -> Any:
+    if not isinstance(batch, list | tuple):
+        return np.asarray(to_numpy(batch))[index]
+    return batch[index] if isinstance(index, int) else tuple(batch[index])
 
 
 def join(spec: SpaceSpec, parts: Sequence[Part]) -> Any:
@@ -57,17 +71,27 @@ def join(spec: SpaceSpec, parts: Sequence[Part]) -> Any:
         spec: The single-lane observation spec.
         parts: Each endpoint's observations in lane order.
     """
-    if spec.kind == "dict":
-        return {
-            k: join(child, [(value[k], count) for value, count in parts]) for k, child in spec.details["spaces"].items()
-        }
-    if spec.kind == "tuple":
-        return tuple(
-            join(child, [(value[i], count) for value, count in parts]) for i, child in enumerate(spec.details["spaces"])
-        )
-    if spec.kind == "text":
-        return tuple(item for value, count in parts for item in (value if count is not None else (value,)))
+    return _join(spec, parts)
+
+
+@functools.singledispatch
+def _join(spec: SpaceSpec, parts: Sequence[Part]) -> Any:
     return join_arrays(parts, spec.dtype, spec.shape)
+
+
+@_join.register
+def _(spec: DictSpec, parts: Sequence[Part]) -> Any:
+    return {k: _join(child, [(value[k], count) for value, count in parts]) for k, child in spec.spaces.items()}
+
+
+@_join.register
+def _(spec: TupleSpec, parts: Sequence[Part]) -> Any:
+    return tuple(_join(child, [(value[i], count) for value, count in parts]) for i, child in enumerate(spec.spaces))
+
+
+@_join.register
+def _(spec: TextSpec, parts: Sequence[Part]) -> Any:
+    return tuple(item for value, count in parts for item in (value if count is not None else (value,)))
 
 
 def join_arrays(parts: Sequence[Part], dtype: Any, shape: tuple[int, ...] = ()) -> np.ndarray:
