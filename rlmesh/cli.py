@@ -25,6 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="tcp://host:port, host:port, a port, unix:///path or ipc:///path (port 0 picks one)",
     )
     serve.add_argument("--num-envs", type=int, default=None, help="serve a vector env of N lanes")
+    serve.add_argument(
+        "--servers",
+        type=int,
+        default=1,
+        help="split the lanes over N server processes; the ready file lists every address",
+    )
     serve.add_argument("--vectorization-mode", choices=VECTORIZATION_MODES, default="sync")
     serve.add_argument(
         "--kwarg",
@@ -71,6 +77,18 @@ def serve_command(args: argparse.Namespace) -> int:
     """Run ``rlmesh serve``; returns the exit code."""
     from rlmesh.server import EnvServer, ServeOptions
 
+    if args.servers != 1:
+        from rlmesh.launch import serve_split, without_options
+
+        others = without_options(args.argv, ["--servers", "--num-envs", "--address", "--ready-file"], ["--quiet"])
+        return serve_split(
+            others,
+            num_envs=args.num_envs,
+            servers=args.servers,
+            address=args.address,
+            ready_file=args.ready_file,
+            quiet=args.quiet,
+        )
     factory = env_factory(
         args.source, num_envs=args.num_envs, vectorization_mode=args.vectorization_mode, kwargs=parse_kwargs(args.kwarg)
     )
@@ -102,7 +120,9 @@ def serve_command(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``rlmesh`` command."""
     logging.basicConfig(level=logging.INFO, format="rlmesh %(levelname)s %(message)s")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv[1:]  # after "serve": passed on to each process of --servers
     # Like ``python -m``: a ``module:callable`` source resolves from the current directory.
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +9,7 @@ from typing import Any
 import pytest
 
 from rlmesh import EnvServer, ServeOptions
+from rlmesh.launch import LaunchedServer, launch_server
 
 TESTS_DIR = Path(__file__).parent
 REPO_ROOT = TESTS_DIR.parent
@@ -33,52 +30,19 @@ def serve() -> Iterator[Callable[..., EnvServer]]:
         server.shutdown()
 
 
-class ServerProcess:
-    """An ``rlmesh serve`` subprocess and the address it bound."""
-
-    def __init__(self, process: subprocess.Popen[bytes], address: str) -> None:
-        self.process = process
-        self.address = address
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait(10)
-
-
 @pytest.fixture
-def serve_process(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
-    """Start ``python -m rlmesh serve`` subprocesses (tests/ on PYTHONPATH for test envs)."""
-    started: list[ServerProcess] = []
+def serve_process() -> Iterator[Callable[..., LaunchedServer]]:
+    """Start ``rlmesh serve`` subprocesses (tests/ on PYTHONPATH for test envs); each is stopped after the test."""
+    started: list[LaunchedServer] = []
 
-    def start(*args: str, timeout: float = 30.0) -> ServerProcess:
-        ready = tmp_path / f"ready-{len(started)}"
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS_DIR), str(REPO_ROOT)]))
-        command = [sys.executable, "-m", "rlmesh", "serve", *args, "--ready-file", str(ready), "--quiet"]
-        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + timeout
-        while not ready.exists():
-            if process.poll() is not None:
-                raise RuntimeError(f"rlmesh serve exited with {process.returncode}: {process.stderr.read().decode()}")
-            if time.monotonic() > deadline:
-                process.kill()
-                raise TimeoutError(f"rlmesh serve {args} did not become ready in {timeout}s")
-            time.sleep(0.02)
-        server = ServerProcess(process, ready.read_text().strip())
+    def start(*args: str, timeout: float = 30.0) -> LaunchedServer:
+        server = launch_server(*args, pythonpath=[TESTS_DIR, REPO_ROOT], timeout=timeout)
         started.append(server)
         return server
 
     yield start
     for server in started:
-        if server.process.poll() is None:
-            server.process.terminate()
-            try:
-                server.process.wait(10)
-            except subprocess.TimeoutExpired:
-                server.process.kill()
-                server.process.wait()
-        for stream in (server.process.stdout, server.process.stderr):
-            if stream is not None:
-                stream.close()
+        server.stop()
 
 
 @pytest.fixture
