@@ -20,7 +20,7 @@ import ctypes
 import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -51,9 +51,9 @@ _REPLY_BELL = ".s2c"
 
 def space_bytes(spec: SpaceSpec) -> int:
     """Tensor bytes one value of ``spec`` takes on the wire (aligned), 0 for text."""
-    if spec.kind in ("dict", "tuple"):
-        spaces = spec.details["spaces"]
-        return sum(space_bytes(s) for s in (spaces.values() if isinstance(spaces, dict) else spaces))
+    spaces = getattr(spec, "spaces", None)  # Dict and Tuple specs
+    if spaces is not None:
+        return sum(space_bytes(s) for s in (spaces.values() if isinstance(spaces, Mapping) else spaces))
     if spec.dtype is None or not spec.shape:
         return 0
     return align(math.prod(spec.shape) * np.dtype(spec.dtype).itemsize)

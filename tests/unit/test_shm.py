@@ -14,7 +14,7 @@ from rlmesh.codec import encode_message
 from rlmesh.errors import ProtocolError
 from rlmesh.shm import ClientChannel, Doorbell, Layout, Region, ServerChannel, Spinner, remove_stale, space_bytes
 from rlmesh.shm.region import REQUEST_HEADER_BYTES, REQUEST_SEQ
-from rlmesh.specs import SpaceSpec
+from rlmesh.specs import BoxSpec, DictSpec, DiscreteSpec, TextSpec, TupleSpec
 from rlmesh.tensor import Tensor
 
 SMALL = Layout.for_messages(1024, 1 << 20)
@@ -222,7 +222,7 @@ def test_spinner_adapts_its_budget() -> None:
 
 
 def test_space_bytes_sums_aligned_leaves() -> None:
-    box = SpaceSpec("box", (3,), "float32")
-    spec = SpaceSpec("dict", (), None, {"spaces": {"a": box, "b": SpaceSpec("text")}})
-    assert space_bytes(box) == 64 and space_bytes(spec) == 64
-    assert space_bytes(SpaceSpec("box", (84, 84, 4), "uint8")) == 84 * 84 * 4
+    box = BoxSpec((3,), "float32", -1.0, 1.0)
+    spec = DictSpec({"a": box, "b": TupleSpec((TextSpec(8), DiscreteSpec(3), box))})
+    assert space_bytes(box) == 64 and space_bytes(spec) == 128
+    assert space_bytes(BoxSpec((84, 84, 4), "uint8", 0, 255)) == 84 * 84 * 4
