@@ -1,120 +1,103 @@
-"""Server-side action checks against the env's own Gymnasium space.
+"""Server-side actions: the shared contract check, then a cast to the env's own dtypes.
 
-Actions arrive as NumPy arrays and Python values. Numeric arrays of the right kind are cast
-to the space's dtype (a float64 action for a float32 Box is what a Gymnasium user would pass
-locally), then the space's ``contains`` decides. Anything else is an
-:class:`~rlmesh.errors.InvalidActionError` naming the action, the space and, for containers
-and vector lanes, where the problem is.
+Actions arrive as NumPy arrays and Python values. The compiled checker of the action spec
+(:mod:`rlmesh.checks`, the same one clients and models use) refuses anything outside the
+space with an :class:`~rlmesh.errors.InvalidActionError` naming the leaf, the lane, what was
+expected and what was found. Accepted numeric values are then cast to the space's dtype (a
+float64 action for a float32 Box is what a Gymnasium user would pass locally).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
 
+from rlmesh.checks import make_action_checker
 from rlmesh.errors import InvalidActionError
+from rlmesh.specs import (
+    BoxSpec,
+    DictSpec,
+    DiscreteSpec,
+    MultiBinarySpec,
+    MultiDiscreteSpec,
+    SpaceSpec,
+    TextSpec,
+    TupleSpec,
+)
+
+__all__ = ["ActionGate"]
+
+_ARRAY_SPECS = (BoxSpec, DiscreteSpec, MultiDiscreteSpec, MultiBinarySpec)
 
 
-def _describe(value: Any) -> str:
-    if isinstance(value, np.ndarray):
-        body = np.array2string(value, threshold=8, edgeitems=2)
-        return f"{body} (array shape={value.shape} dtype={value.dtype})"
-    return repr(value)[:200]
+class ActionGate:
+    """Check and cast the actions of one endpoint (single or ``num_envs`` lanes).
 
-
-def coerce(space: Any, value: Any, where: str = "action") -> Any:
-    """Return ``value`` cast to ``space``'s dtype and checked for membership.
-
-    Raises:
-        InvalidActionError: naming ``where``, the value and the space.
+    Args:
+        spec: The action spec of one lane.
+        num_envs: None for a single env; the lane count of a vector env.
     """
-    import gymnasium.spaces as spaces
 
-    if isinstance(space, spaces.Dict):
-        if not isinstance(value, dict) or set(value) != set(space.spaces):
-            raise InvalidActionError(
-                f"{where} {_describe(value)} must be a dict with keys {sorted(space.spaces)} for {space}"
-            )
-        return {key: coerce(sub, value[key], f"{where}[{key!r}]") for key, sub in space.spaces.items()}
-    if isinstance(space, spaces.Tuple):
-        if not isinstance(value, tuple | list) or len(value) != len(space.spaces):
-            raise InvalidActionError(f"{where} {_describe(value)} must be a tuple of {len(space.spaces)} for {space}")
-        return tuple(
-            coerce(sub, item, f"{where}[{i}]") for i, (sub, item) in enumerate(zip(space.spaces, value, strict=True))
-        )
-    coerced = _cast(space, value)
-    if not space.contains(coerced):
-        raise InvalidActionError(f"{where} {_describe(value)} is not in the action space {space}")
-    return coerced
+    def __init__(self, spec: SpaceSpec, num_envs: int | None = None) -> None:
+        self._check = make_action_checker(spec, num_envs=num_envs)
+        self._num_envs = num_envs
+        self._spec = spec
+        self._cast = functools.partial(_cast, spec, num_envs is not None)
+        self._stacks_lists = num_envs is not None and isinstance(spec, _ARRAY_SPECS)
+
+    def __call__(self, action: Any) -> Any:
+        """``action`` checked and cast to the space's dtypes.
+
+        Raises:
+            InvalidActionError: the action is not in the space (or not one per lane).
+        """
+        if self._num_envs is not None and isinstance(action, list | tuple) and not isinstance(self._spec, TupleSpec):
+            action = self._lanes(action)
+        self._check(action)
+        return self._cast(action)
+
+    def _lanes(self, actions: list[Any] | tuple[Any, ...]) -> Any:
+        """A list with one action per lane, stacked where the lanes are arrays."""
+        if len(actions) != self._num_envs:
+            raise InvalidActionError(f"expected {self._num_envs} actions (one per lane), got {len(actions)}")
+        if not (self._stacks_lists or all(isinstance(item, np.ndarray) for item in actions)):
+            return actions
+        try:
+            return np.stack([np.asarray(item) for item in actions])
+        except ValueError as error:
+            raise InvalidActionError(f"actions {actions!r:.200} are ragged: {error}") from None
 
 
-def _cast(space: Any, value: Any) -> Any:
-    import gymnasium.spaces as spaces
-
-    if isinstance(space, spaces.Discrete):
-        if isinstance(value, np.ndarray) and value.ndim == 0:
-            value = value[()]
-        if isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_):
-            return np.int64(value)
-        return value
-    if isinstance(space, spaces.Text):
-        return value
-    if isinstance(value, list | int | float) and not isinstance(value, bool):
+@functools.singledispatch
+def _cast(spec: SpaceSpec, batched: bool, value: Any) -> Any:
+    """A checked value of ``spec`` with numeric leaves in the space's dtype."""
+    dtype = np.dtype(spec.dtype)
+    if not isinstance(value, np.ndarray):
         value = np.asarray(value)
-    if isinstance(value, np.ndarray) and space.dtype is not None and value.dtype != space.dtype:
-        expected = space.dtype.kind
-        if (expected == "f" and value.dtype.kind in "fiu") or (expected in "iu" and value.dtype.kind in "iu"):
-            return value.astype(space.dtype)
-    return value
+    return value if value.dtype == dtype else value.astype(dtype)
 
 
-def coerce_batch(batched_space: Any, single_space: Any, value: Any, num_envs: int) -> Any:
-    """Cast and check a batch of ``num_envs`` actions; name the first bad lane on failure."""
-    import gymnasium.spaces as spaces
-
-    if isinstance(value, list | tuple) and not isinstance(batched_space, spaces.Tuple):
-        if len(value) != num_envs:
-            raise InvalidActionError(f"expected {num_envs} actions (one per lane), got {len(value)}")
-        if all(isinstance(item, np.ndarray) for item in value) or isinstance(
-            single_space, spaces.Box | spaces.Discrete | spaces.MultiDiscrete | spaces.MultiBinary
-        ):
-            try:
-                value = np.stack([np.asarray(item) for item in value])
-            except ValueError as error:
-                raise InvalidActionError(f"actions {_describe(value)} are ragged: {error}") from None
-    coerced = _cast_tree(batched_space, value)
-    if batched_space.contains(coerced):
-        return coerced
-    _name_bad_lane(single_space, value, num_envs)
-    raise InvalidActionError(f"actions {_describe(value)} are not in the batched action space {batched_space}")
+@_cast.register
+def _(spec: DiscreteSpec, batched: bool, value: Any) -> Any:
+    dtype = np.dtype(spec.dtype)
+    if batched:
+        value = np.asarray(value)
+        return value if value.dtype == dtype else value.astype(dtype)
+    return dtype.type(value.item() if isinstance(value, np.ndarray | np.generic) else value)
 
 
-def _cast_tree(space: Any, value: Any) -> Any:
-    import gymnasium.spaces as spaces
-
-    if isinstance(space, spaces.Dict) and isinstance(value, dict):
-        return {k: _cast_tree(space.spaces[k], v) if k in space.spaces else v for k, v in value.items()}
-    if isinstance(space, spaces.Tuple) and isinstance(value, tuple | list):
-        return tuple(_cast_tree(s, v) for s, v in zip(space.spaces, value, strict=False))
-    return _cast(space, value)
+@_cast.register
+def _(spec: TextSpec, batched: bool, value: Any) -> Any:
+    return tuple(value) if batched else value
 
 
-def _name_bad_lane(single_space: Any, value: Any, num_envs: int) -> None:
-    from gymnasium.vector.utils import iterate
-
-    try:
-        lanes = list(iterate(single_space_batch(single_space, num_envs), value))
-    except Exception:
-        return
-    if len(lanes) != num_envs:
-        raise InvalidActionError(f"expected {num_envs} actions (one per lane), got {len(lanes)}")
-    for lane, item in enumerate(lanes):
-        coerce(single_space, item, f"action for lane {lane}")
+@_cast.register
+def _(spec: DictSpec, batched: bool, value: Any) -> Any:
+    return {key: _cast(sub, batched, value[key]) for key, sub in spec.spaces.items()}
 
 
-def single_space_batch(single_space: Any, num_envs: int) -> Any:
-    """Gymnasium's batched space of ``num_envs`` copies of ``single_space``."""
-    from gymnasium.vector.utils import batch_space
-
-    return batch_space(single_space, num_envs)
+@_cast.register
+def _(spec: TupleSpec, batched: bool, value: Any) -> Any:
+    return tuple(_cast(sub, batched, item) for sub, item in zip(spec.spaces, value, strict=True))

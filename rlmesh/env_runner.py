@@ -7,8 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from rlmesh.actions import coerce, coerce_batch, single_space_batch
+from rlmesh.actions import ActionGate
 from rlmesh.errors import BadRequestError
+from rlmesh.seeding import check_seed, is_seed
 from rlmesh.spaces.gymnasium_bridge import spec_from_gymnasium_space
 from rlmesh.specs import DEFAULT_ENV_ID, EnvContract
 
@@ -50,8 +51,6 @@ class EnvRunner:
         self.vector = is_vector_env(env)
         if self.vector:
             self.num_envs = int(env.num_envs)
-            self._single_action = env.single_action_space
-            self._batched_action = single_space_batch(self._single_action, self.num_envs)
             observation, action = env.single_observation_space, env.single_action_space
         else:
             self.num_envs = 0
@@ -64,7 +63,7 @@ class EnvRunner:
             num_envs=self.num_envs if self.vector else None,
             metadata=plain_data(dict(getattr(env, "metadata", {}) or {})),
         )
-        self._action_space = env.action_space if not self.vector else None
+        self._actions = ActionGate(self.contract.action_space, self.contract.num_envs)
 
     def reset(self, payload: Any) -> Any:
         if not isinstance(payload, dict):
@@ -78,10 +77,9 @@ class EnvRunner:
         return [observation, info]
 
     def step(self, action: Any) -> Any:
+        action = self._actions(action)
         if self.vector:
-            actions = coerce_batch(self._batched_action, self._single_action, action, self.num_envs)
-            return list(self.env.step(actions))
-        action = coerce(self._action_space, action)
+            return list(self.env.step(action))
         observation, reward, terminated, truncated, info = self.env.step(action)
         return [observation, float(reward), bool(terminated), bool(truncated), info]
 
@@ -94,12 +92,11 @@ class EnvRunner:
 
 
 def _check_seed(seed: Any, num_envs: int | None) -> None:
-    def ok(value: Any) -> bool:
-        return value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0)
-
     if isinstance(seed, list | tuple) and num_envs is not None:
-        if len(seed) != num_envs or not all(ok(s) for s in seed):
+        if len(seed) != num_envs or not all(is_seed(s) for s in seed):
             raise BadRequestError(f"seed list {seed!r:.100} must hold {num_envs} non-negative ints or None")
         return
-    if not ok(seed):
-        raise BadRequestError(f"seed must be a non-negative int or None, got {seed!r:.100}")
+    try:
+        check_seed(seed)
+    except ValueError as error:
+        raise BadRequestError(str(error)) from None

