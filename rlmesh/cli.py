@@ -50,11 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--quiet", action="store_true", help="do not print the bound address")
     serve.add_argument("--debug", action="store_true", help="print the full traceback of an error")
+    ray = serve.add_argument_group("Ray", "host the --servers as Ray actors on a cluster (needs rlmesh[ray])")
+    ray.add_argument("--ray", action="store_true", help="start the servers as Ray actors; --address is not used")
+    ray.add_argument("--ray-address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS or a local Ray)")
+    ray.add_argument("--cpus-per-server", type=float, default=1.0, help="Ray CPUs reserved per server")
     return parser
 
 
 # Optional modules and the extra that brings each, for errors that name what to install.
-EXTRAS = {"gymnasium": "gymnasium", "jax": "jax", "jaxlib": "jax", "chex": "jax", "flax": "flax", "docker": "sandbox"}
+EXTRAS = {"gymnasium": "gymnasium", "jax": "jax", "jaxlib": "jax", "chex": "jax", "flax": "flax", "docker": "sandbox", "ray": "ray"}
 
 
 def describe_error(error: BaseException) -> str:
@@ -77,6 +81,8 @@ def serve_command(args: argparse.Namespace) -> int:
     """Run ``rlmesh serve``; returns the exit code."""
     from rlmesh.server import EnvServer, ServeOptions
 
+    if args.ray:
+        return ray_serve_command(args)
     if args.servers != 1:
         from rlmesh.launch import serve_split, without_options
 
@@ -114,6 +120,39 @@ def serve_command(args: argparse.Namespace) -> int:
         address = display_address(server.address, args.address)
         print(f"rlmesh: serving {server.contract.id} ({lanes}) on {address}", flush=True)
     server.serve()
+    return 0
+
+
+def ray_serve_command(args: argparse.Namespace) -> int:
+    """Run ``rlmesh serve --ray``: K servers as Ray actors until SIGTERM/SIGINT; returns the exit code."""
+    import threading
+
+    from rlmesh.integrations.ray import launch_servers
+    from rlmesh.launch import split_lanes
+
+    servers = launch_servers(
+        args.source,
+        num_servers=args.servers,
+        num_envs=split_lanes(args.num_envs, args.servers) if args.num_envs is not None else None,
+        vectorization_mode=args.vectorization_mode,
+        env_kwargs=parse_kwargs(args.kwarg),
+        num_cpus_per_server=args.cpus_per_server,
+        ray_address=args.ray_address,
+    )
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopped.set())
+    signal.signal(signal.SIGINT, lambda signum, frame: stopped.set())
+    with servers:
+        if args.ready_file:
+            temporary = f"{args.ready_file}.tmp"
+            with open(temporary, "w") as handle:
+                handle.write("".join(address + "\n" for address in servers.addresses))
+            os.replace(temporary, args.ready_file)
+        if not args.quiet:
+            each = "one env per client" if args.num_envs is None else f"{args.num_envs} lanes in all"
+            print(f"rlmesh: {len(servers)} Ray servers ({each}) on {' '.join(servers.addresses)}", flush=True)
+        while not stopped.wait(0.5):
+            pass
     return 0
 
 
