@@ -12,9 +12,9 @@ from typing import Any
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+from rlmesh.integrations.ray._actor import ServerActor
 
 from rlmesh.errors import RemoteEnvError
-from rlmesh.integrations.ray._actor import ServerActor
 from rlmesh.sources import VECTORIZATION_MODES
 
 # Ray placement-group strategies by the name launch_servers accepts.
@@ -197,7 +197,13 @@ def _connect(ray_address: str | None, cpus_needed: float) -> bool:
     if ray_address is None and not os.environ.get("RAY_ADDRESS"):
         # A private local Ray: loopback only, and enough logical CPUs for the servers asked for.
         num_cpus = max(os.cpu_count() or 1, math.ceil(cpus_needed))
-        ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            _node_ip_address="127.0.0.1",
+            include_dashboard=False,
+            log_to_driver=False,
+        )
     else:
         ray.init(address=ray_address, log_to_driver=False)
     return True
@@ -212,8 +218,8 @@ def _reserve(num_servers: int, cpus: float, placement: str, timeout: float) -> A
     if not ready:
         remove_placement_group(group)
         raise TimeoutError(
-            f"Ray could not place {num_servers} servers of {cpus} CPU each ({placement!r}) within {timeout}s; "
-            f"the cluster has {ray.cluster_resources().get('CPU', 0)} CPUs in "
+            f"Ray could not place {num_servers} servers of {cpus:g} CPU each ({placement!r}) within {timeout}s; "
+            f"the cluster has {ray.cluster_resources().get('CPU', 0):g} CPUs in "
             f"{len([node for node in ray.nodes() if node.get('Alive')])} nodes"
         )
     return group

@@ -28,10 +28,10 @@ from ray_support import (
     require_loopback_namespace,
     wait_until,
 )
+from rlmesh.integrations.ray import RayServers, ServerLaunchError, launch_servers
 
 import rlmesh.numpy as rn
 from rlmesh.errors import EndpointConnectionError
-from rlmesh.integrations.ray import RayServers, ServerLaunchError, launch_servers
 
 require_loopback_namespace()
 
@@ -76,12 +76,12 @@ def test_each_server_equals_a_local_sync_vector_env(cartpole: RayServers) -> Non
 
 def test_module_callable_source_with_kwargs() -> None:
     source = "gymnasium.envs.classic_control.cartpole:CartPoleEnv"
-    with launch_servers(source, num_servers=1, num_envs=2, env_kwargs={"sutton_barto_reward": True}) as servers:
-        with rn.RemoteVectorEnv(servers.addresses[0]) as remote:
-            remote.reset(seed=0)
-            _, reward, terminated, _, _ = remote.step(np.zeros(2, dtype=np.int64))
-            # Sutton and Barto's reward is 0 until the pole falls.
-            np.testing.assert_array_equal(reward[~terminated], 0.0)
+    servers = launch_servers(source, num_servers=1, num_envs=2, env_kwargs={"sutton_barto_reward": True})
+    with servers, rn.RemoteVectorEnv(servers.addresses[0]) as remote:
+        remote.reset(seed=0)
+        _, reward, terminated, _, _ = remote.step(np.zeros(2, dtype=np.int64))
+        # Sutton and Barto's reward is 0 until the pole falls.
+        np.testing.assert_array_equal(reward[~terminated], 0.0)
 
 
 def test_killed_actor_makes_the_client_raise_naming_the_address() -> None:
