@@ -58,7 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Optional modules and the extra that brings each, for errors that name what to install.
-EXTRAS = {"gymnasium": "gymnasium", "jax": "jax", "jaxlib": "jax", "chex": "jax", "flax": "flax", "docker": "sandbox", "ray": "ray"}
+EXTRAS = {
+    "gymnasium": "gymnasium",
+    "jax": "jax",
+    "jaxlib": "jax",
+    "chex": "jax",
+    "flax": "flax",
+    "docker": "sandbox",
+    "ray": "ray",
+}
 
 
 def describe_error(error: BaseException) -> str:

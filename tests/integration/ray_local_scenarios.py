@@ -74,6 +74,22 @@ def test_each_server_equals_a_local_sync_vector_env(cartpole: RayServers) -> Non
         local.close()
 
 
+def test_one_vector_env_over_all_servers_equals_a_local_sync_vector_env(cartpole: RayServers) -> None:
+    local = gym.make_vec("CartPole-v1", num_envs=6, vectorization_mode="sync")
+    with rn.RemoteVectorEnv(list(cartpole.addresses)) as remote:
+        assert remote.num_envs == 6 and remote.addresses == cartpole.addresses
+        assert_cartpole_vectors_equal(remote, local, seed=7, steps=200)
+    local.close()
+
+
+def test_uneven_lanes_per_server() -> None:
+    with launch_servers("CartPole-v1", num_servers=2, num_envs=[1, 3]) as servers:
+        local = gym.make_vec("CartPole-v1", num_envs=4, vectorization_mode="sync")
+        with rn.RemoteVectorEnv(list(servers.addresses)) as remote:
+            assert_cartpole_vectors_equal(remote, local, seed=3, steps=50)
+        local.close()
+
+
 def test_module_callable_source_with_kwargs() -> None:
     source = "gymnasium.envs.classic_control.cartpole:CartPoleEnv"
     servers = launch_servers(source, num_servers=1, num_envs=2, env_kwargs={"sutton_barto_reward": True})
