@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
+import stat
 
 DEFAULT_HOST = "127.0.0.1"
 TRANSPORTS = ("tcp", "ipc")
@@ -89,3 +92,55 @@ def _check_port(port: int, shown: object) -> int:
 def ipc_path(endpoint: str) -> str | None:
     """The filesystem path of an ``ipc://`` endpoint, else None."""
     return endpoint[len("ipc://") :] if endpoint.startswith("ipc://") else None
+
+
+def claim_ipc_path(path: str) -> None:
+    """Make ``path`` free for a new unix socket, refusing to take over a live one.
+
+    A socket file that nothing answers on (left by a dead server) is removed.
+
+    Raises:
+        OSError: a server answers on ``path`` (address in use), or ``path`` is not a socket.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise OSError(errno.EEXIST, f"cannot bind unix://{path}: the path exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        pass  # stale: nobody listens
+    except OSError as error:
+        raise OSError(
+            errno.EADDRINUSE, f"cannot bind unix://{path}: cannot tell whether it is in use ({error})"
+        ) from None
+    else:
+        raise OSError(errno.EADDRINUSE, f"cannot bind unix://{path}: address in use (a live server answers there)")
+    finally:
+        probe.close()
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def file_identity(path: str) -> tuple[int, int] | None:
+    """The (device, inode) pair of ``path``, or None when it does not exist."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def remove_ipc_file(path: str, identity: tuple[int, int] | None) -> None:
+    """Remove the socket file at ``path`` only if it is still the one with ``identity``."""
+    if identity is not None and file_identity(path) == identity:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass

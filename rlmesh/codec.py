@@ -35,6 +35,7 @@ _DTYPE_BY_CODE = [dtype_from_code(code) for code in range(len(WIRE_DTYPES))]
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 30
 DEFAULT_MAX_TENSORS = 4096
 DEFAULT_MAX_DEPTH = 64
+_CONTAINERS = (list, tuple, dict)
 
 
 @dataclass(frozen=True)
@@ -82,10 +83,10 @@ class _Encoder:
         elif not array.flags.c_contiguous:
             array = np.ascontiguousarray(array)
         if len(self.buffers) >= self.limits.max_tensors:
-            raise _EncodeError(f"a message may carry at most {self.limits.max_tensors} tensors")
+            raise _LimitError(f"a message may carry at most {self.limits.max_tensors} tensors")
         self.nbytes += array.nbytes
         if self.nbytes > self.limits.max_message_bytes:
-            raise _EncodeError(
+            raise _LimitError(
                 f"message exceeds max_message_bytes={self.limits.max_message_bytes} ({self.nbytes} bytes of tensors)"
             )
         index = len(self.buffers)
@@ -131,6 +132,10 @@ class _Encoder:
 
 class _EncodeError(TypeError):
     pass
+
+
+class _LimitError(ProtocolError, TypeError):
+    """A message to send breaks a limit (a TypeError too, like every encode failure)."""
 
 
 def _scalar(value: np.ndarray | np.generic) -> Any:
@@ -200,8 +205,12 @@ def parse_header(frame: bytes | memoryview, limits: Limits = DEFAULT_LIMITS) -> 
             if dtype is None:
                 raise ValueError(f"unknown dtype code {code!r}")
             shape = tuple(shape)
+            # No dimension can exceed the byte limit (zero-size arrays included): NumPy
+            # refuses dimensions past its index range, and those are not worth a buffer.
             if len(shape) > 32 or not all(type(d) is int and d >= 0 for d in shape):
-                raise ValueError(f"bad shape {shape!r}")
+                raise ValueError(f"bad shape {shape!r:.100}")
+            if any(d > limits.max_message_bytes for d in shape):
+                raise ValueError(f"shape {shape!r:.100} has a dimension over max_message_bytes")
         except (TypeError, ValueError, IndexError) as error:
             if isinstance(error, IndexError):
                 error = ValueError(f"unknown dtype code {descriptor[0]!r}")
@@ -259,11 +268,47 @@ def decode_body(
     """
     ext_hook = _ExtensionDecoder(tensors, decode_leaf, limits.max_depth)
     try:
-        return msgpack.unpackb(body, raw=False, ext_hook=ext_hook)
+        value = msgpack.unpackb(body, raw=False, ext_hook=ext_hook)
     except ProtocolError:
         raise
     except Exception as error:
         raise ProtocolError(f"malformed message body: {error}") from None
+    if len(body) > limits.max_depth:  # each nesting level takes at least one byte
+        check_depth(value, limits.max_depth)
+    return value
+
+
+def check_depth(value: Any, max_depth: int) -> None:
+    """Refuse a value tree whose lists, tuples and dicts nest deeper than ``max_depth``.
+
+    Raises:
+        ProtocolError: naming the limit.
+    """
+    stack = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if type(node) not in _CONTAINERS:
+            continue
+        if depth >= max_depth:
+            raise ProtocolError(f"value nests deeper than max_depth={max_depth}")
+        children = node.values() if type(node) is dict else node
+        stack.extend((child, depth + 1) for child in children if type(child) in _CONTAINERS)
+
+
+def check_frames(header: Header, frames: Sequence[Any]) -> None:
+    """Check that the tensor frames following a header match its descriptors.
+
+    Raises:
+        ProtocolError: for a missing or extra frame, or a frame of the wrong size.
+    """
+    if len(frames) != len(header.shapes):
+        raise ProtocolError(f"header announces {len(header.shapes)} tensor frames, got {len(frames)}")
+    for frame, (shape, dtype) in zip(frames, header.shapes, strict=True):
+        expected = math.prod(shape) * dtype.itemsize
+        if len(frame) != expected:
+            raise ProtocolError(
+                f"tensor frame of {len(frame)} bytes does not match shape {shape} {dtype.name} ({expected} bytes)"
+            )
 
 
 def decode_frames(
@@ -275,16 +320,11 @@ def decode_frames(
     if not frames:
         raise ProtocolError("empty message")
     header = parse_header(frames[0], limits)
-    if len(frames) - 1 != len(header.shapes):
-        raise ProtocolError(f"header announces {len(header.shapes)} tensor frames, got {len(frames) - 1}")
+    check_frames(header, frames[1:])
     tensors = []
     for frame, (shape, dtype) in zip(frames[1:], header.shapes, strict=True):
         array = aligned_empty(shape, dtype)
-        data = np.frombuffer(frame, np.uint8)
-        if data.size != array.nbytes:
-            raise ProtocolError(
-                f"tensor frame of {data.size} bytes does not match shape {shape} {dtype.name} ({array.nbytes} bytes)"
-            )
-        array.reshape(-1).view(np.uint8)[:] = data
+        if array.nbytes:
+            array.reshape(-1).view(np.uint8)[:] = np.frombuffer(frame, np.uint8)
         tensors.append(Tensor._wrap(array))
     return header, decode_body(header.body, tensors, decode_leaf, limits)

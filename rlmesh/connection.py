@@ -15,7 +15,7 @@ from rlmesh import protocol as p
 from rlmesh.codec import DEFAULT_LIMITS, Limits, encode_message
 from rlmesh.errors import EndpointConnectionError, EndpointTimeoutError
 from rlmesh.tensor import Tensor
-from rlmesh.transport import HEARTBEAT_TIMEOUT_MS, IN_PROCESS_ENDPOINTS, configure, receive_message, shared_context
+from rlmesh.transport import HEARTBEAT_TIMEOUT_MS, configure, receive_message, shared_context
 
 # How long a request waits for a lost connection to come back before giving up. Heartbeats
 # notice a silent peer after HEARTBEAT_TIMEOUT_MS; a killed process is noticed at once.
@@ -23,6 +23,11 @@ RECONNECT_GRACE_S = 2 * HEARTBEAT_TIMEOUT_MS / 1000
 
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 DEFAULT_BUSY_POLL_SECONDS = 0.001
+# After a spin that the reply did not end, skip spinning for this many requests (doubling
+# up to the maximum while spins keep missing): a server in this very process, or more busy
+# processes than cores, makes spinning a loss.
+_SPIN_BACKOFF_MIN = 8
+_SPIN_BACKOFF_MAX = 1024
 
 _CONNECTED = zmq.EVENT_HANDSHAKE_SUCCEEDED
 _DISCONNECTED = zmq.EVENT_DISCONNECTED
@@ -41,8 +46,11 @@ class Connection:
     ) -> None:
         self.endpoint = endpoint
         self.limits = limits
-        # Spinning holds the GIL, which would starve a server thread in this very process.
-        self.busy_poll_seconds = 0.0 if endpoint in IN_PROCESS_ENDPOINTS else busy_poll_seconds
+        self.send_limits = limits  # narrowed to the server's limits by the handshake
+        self.busy_poll_seconds = busy_poll_seconds
+        self._spin_skip = 0
+        self._spin_backoff = 0
+        self._disconnects = 0
         context = shared_context()
         self._socket = configure(context.socket(zmq.DEALER))
         self._socket.setsockopt(zmq.ROUTING_ID, uuid.uuid4().bytes)
@@ -93,7 +101,7 @@ class Connection:
                 raise EndpointConnectionError(f"the connection to {self.endpoint} is closed")
             request_id = self._next_id
             self._next_id += 1
-            frames = encode_message(op, request_id, payload, encode_leaf, self.limits)
+            frames = encode_message(op, request_id, payload, encode_leaf, self.send_limits)
             self._socket.send_multipart(frames, copy=len(frames) == 1)
             return request_id
 
@@ -113,10 +121,21 @@ class Connection:
             header, reply = self._await(op, request_id, timeout, decode_leaf, connecting)
         if header.kind == p.ERROR:
             raise p.error_from_payload(reply, self.endpoint)
+        if op == p.HELLO and isinstance(reply, dict):
+            self._adopt_server_limits(reply)
         return reply
+
+    def _adopt_server_limits(self, hello: dict[str, Any]) -> None:
+        """Refuse locally what the server would refuse: requests over its size limits."""
+        max_bytes, max_tensors = hello.get("max_message_bytes"), hello.get("max_tensors")
+        if type(max_bytes) is int and max_bytes > 0:
+            self.send_limits = Limits(max_bytes, self.send_limits.max_tensors, self.send_limits.max_depth)
+        if type(max_tensors) is int and max_tensors > 0:
+            self.send_limits = Limits(self.send_limits.max_message_bytes, max_tensors, self.send_limits.max_depth)
 
     def _await(self, op: str, request_id: int, timeout: float | None, decode_leaf: Any, connecting: bool) -> Any:
         self._spin()
+        disconnects = self._disconnects
         deadline = None if timeout is None else time.monotonic() + timeout
         lost_at: float | None = None if self._connected or connecting else time.monotonic()
         while True:
@@ -135,17 +154,22 @@ class Connection:
             if self._monitor in events:
                 was_connected = self._connected
                 self._read_monitor()
-                if not self._connected and (was_connected or lost_at is None) and not connecting:
+                dropped = self._disconnects != disconnects
+                if (dropped or (not self._connected and was_connected)) and not connecting:
+                    # Even when already reconnected: the request died with the old connection.
                     raise EndpointConnectionError(
                         f"lost the connection to {self.endpoint} while waiting for the reply to {op!r}; "
-                        "the server stopped or crashed"
+                        "the server stopped or crashed, or dropped a message over its size limit"
                     )
                 lost_at = None if self._connected else lost_at
                 continue
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 if connecting:
-                    raise EndpointConnectionError(f"could not connect to {self.endpoint} within {timeout:g}s")
+                    raise EndpointConnectionError(
+                        f"could not connect to {self.endpoint} within {timeout:g}s; "
+                        "check that a server runs at that address"
+                    )
                 raise EndpointTimeoutError(f"no reply to {op!r} from {self.endpoint} within {timeout:g}s")
             if lost_at is not None and now - lost_at >= RECONNECT_GRACE_S and not connecting:
                 raise EndpointConnectionError(
@@ -154,19 +178,29 @@ class Connection:
                 )
 
     def _spin(self) -> None:
-        """Busy-wait briefly for the reply before sleeping in poll.
+        """Busy-wait briefly for the reply before sleeping in poll, while that pays.
 
         A blocked thread on an idle core takes tens of microseconds to wake up; for fast envs
         that is most of a round trip. Spinning for up to ``busy_poll_seconds`` (checking the
         socket's EVENTS, which also lets ZeroMQ process its I/O notifications) roughly halves
-        step latency at the cost of one busy core while a reply is awaited.
+        step latency at the cost of one busy core while a reply is awaited. A spin that ends
+        without the reply means the reply is slow (a slow env, a server in this process
+        waiting for the GIL, more busy processes than cores): spinning then only burns CPU
+        others need, so it pauses for a number of requests that doubles while spins miss.
         """
         if self.busy_poll_seconds <= 0:
             return
+        if self._spin_skip:
+            self._spin_skip -= 1
+            return
         socket, clock = self._socket, time.perf_counter
         end = clock() + self.busy_poll_seconds
-        while not socket.getsockopt(_EVENTS) & _POLLIN and clock() < end:
-            pass
+        while not socket.getsockopt(_EVENTS) & _POLLIN:
+            if clock() >= end:
+                self._spin_backoff = min(max(2 * self._spin_backoff, _SPIN_BACKOFF_MIN), _SPIN_BACKOFF_MAX)
+                self._spin_skip = self._spin_backoff
+                return
+        self._spin_backoff = 0
 
     def _read_monitor(self) -> None:
         while True:
@@ -179,6 +213,7 @@ class Connection:
                 self._connected = True
             elif event == _DISCONNECTED:
                 self._connected = False
+                self._disconnects += 1
 
     def close(self) -> None:
         """Close the socket and its monitor. Idempotent."""

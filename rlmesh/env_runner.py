@@ -12,6 +12,7 @@ from rlmesh.errors import BadRequestError
 from rlmesh.seeding import check_seed, is_seed
 from rlmesh.spaces.gymnasium_bridge import spec_from_gymnasium_space
 from rlmesh.specs import DEFAULT_ENV_ID, EnvContract
+from rlmesh.tensor import Tensor
 
 
 def is_vector_env(env: Any) -> bool:
@@ -20,17 +21,23 @@ def is_vector_env(env: Any) -> bool:
 
 
 def plain_data(value: Any, depth: int = 0) -> Any:
-    """Reduce metadata to msgpack-friendly data; unknown objects become their repr."""
+    """Reduce a value tree (metadata, info dicts) to what the wire carries.
+
+    Dict keys become strings, NumPy scalars Python scalars, enums their value; numeric
+    arrays and Tensors are kept; anything else becomes its repr.
+    """
     if depth > 16:
         return repr(value)
-    if value is None or isinstance(value, bool | int | float | str | bytes):
+    if value is None or isinstance(value, bool | int | float | str | bytes | Tensor):
         return value
     if isinstance(value, enum.Enum):
         return value.value if isinstance(value.value, str | int | float) else value.name
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
-        return value if value.dtype.kind in "biuf" else value.tolist()
+        if value.dtype.kind in "biuf":
+            return value
+        return value.tolist() if value.dtype.kind in "US" else repr(value)
     if isinstance(value, dict):
         return {str(k): plain_data(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -49,18 +56,18 @@ class EnvRunner:
     def __init__(self, env: Any) -> None:
         self.env = env
         self.vector = is_vector_env(env)
+        self.num_envs: int | None = None
         if self.vector:
             self.num_envs = int(env.num_envs)
             observation, action = env.single_observation_space, env.single_action_space
         else:
-            self.num_envs = 0
             observation, action = env.observation_space, env.action_space
         self.contract = EnvContract(
             observation_space=spec_from_gymnasium_space(observation),
             action_space=spec_from_gymnasium_space(action),
             id=_env_id(env),
             render_mode=getattr(env, "render_mode", None),
-            num_envs=self.num_envs if self.vector else None,
+            num_envs=self.num_envs,
             metadata=plain_data(dict(getattr(env, "metadata", {}) or {})),
         )
         self._actions = ActionGate(self.contract.action_space, self.contract.num_envs)
@@ -70,7 +77,7 @@ class EnvRunner:
             raise BadRequestError(f"reset expects a dict payload, got {type(payload).__name__}")
         seed = payload.get("seed")
         options = payload.get("options")
-        _check_seed(seed, self.num_envs if self.vector else None)
+        _check_seed(seed, self.num_envs)
         if options is not None and not isinstance(options, dict):
             raise BadRequestError(f"reset options must be a dict or None, got {options!r:.100}")
         observation, info = self.env.reset(seed=seed, options=options)

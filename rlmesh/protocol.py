@@ -11,8 +11,12 @@ from rlmesh.errors import (
     EnvBusyError,
     InvalidActionError,
     ProtocolError,
+    ProtocolVersionError,
     RemoteEnvError,
     RLMeshError,
+    ServerFullError,
+    ServerShuttingDownError,
+    SessionClosedError,
 )
 
 PROTOCOL_VERSION = 1
@@ -24,23 +28,39 @@ STEP = "step"
 RENDER = "render"
 CLOSE = "close"
 SHUTDOWN = "shutdown"
-PING = "ping"
-OPS = frozenset({HELLO, RESET, STEP, RENDER, CLOSE, SHUTDOWN, PING})
+OPS = frozenset({HELLO, RESET, STEP, RENDER, CLOSE, SHUTDOWN})
 
 # Reply kinds (server -> client). PROBE is an unsolicited liveness check clients ignore.
 OK = "ok"
 ERROR = "error"
 PROBE = "probe"
 
-# Error codes carried in error replies.
-E_PROTOCOL = "protocol"
-E_VERSION = "version"
-E_INVALID_ACTION = "invalid_action"
-E_ENV = "env"
-E_BUSY = "busy"
-E_NO_SESSION = "no_session"
-E_SHUTTING_DOWN = "shutting_down"
-E_BAD_REQUEST = "bad_request"
+# Error codes carried in error replies: each is the ``code`` of the error class it rebuilds.
+E_PROTOCOL = ProtocolError.code
+E_VERSION = ProtocolVersionError.code
+E_INVALID_ACTION = InvalidActionError.code
+E_ENV = RemoteEnvError.code
+E_BUSY = EnvBusyError.code
+E_FULL = ServerFullError.code
+E_NO_SESSION = SessionClosedError.code
+E_SHUTTING_DOWN = ServerShuttingDownError.code
+E_BAD_REQUEST = BadRequestError.code
+
+# The error types a reply can name; an unknown code reads as a protocol error.
+ERROR_TYPES: dict[str, type[RLMeshError]] = {
+    cls.code: cls
+    for cls in (
+        ProtocolError,
+        ProtocolVersionError,
+        InvalidActionError,
+        RemoteEnvError,
+        EnvBusyError,
+        ServerFullError,
+        SessionClosedError,
+        ServerShuttingDownError,
+        BadRequestError,
+    )
+}
 
 
 def error_payload(code: str, message: str, error: BaseException | None = None) -> dict[str, Any]:
@@ -52,24 +72,28 @@ def error_payload(code: str, message: str, error: BaseException | None = None) -
     return payload
 
 
+def reply_for(error: BaseException) -> dict[str, Any]:
+    """The error reply body for an exception raised while serving a request.
+
+    rlmesh errors carry their own code; anything else was raised by the env.
+    """
+    if isinstance(error, RLMeshError) and error.code in ERROR_TYPES and not isinstance(error, RemoteEnvError):
+        return error_payload(error.code, str(error))
+    return error_payload(E_ENV, f"{type(error).__name__}: {error}", error)
+
+
 def error_from_payload(payload: Any, endpoint: str) -> RLMeshError:
     """The typed exception for an error reply received from ``endpoint``."""
     if not isinstance(payload, dict):
         return ProtocolError(f"malformed error reply from {endpoint}: {payload!r:.200}")
-    code = payload.get("code")
+    cls = ERROR_TYPES.get(payload.get("code"), ProtocolError)  # type: ignore[arg-type]
     message = str(payload.get("message", "unknown error"))
-    if code == E_INVALID_ACTION:
-        return InvalidActionError(message)
-    if code == E_ENV:
+    if cls is RemoteEnvError:
         return RemoteEnvError(
             message,
             remote_type=str(payload.get("remote_type", "")),
             remote_traceback=str(payload.get("traceback", "")),
         )
-    if code == E_BUSY:
-        return EnvBusyError(f"{endpoint}: {message}")
-    if code in (E_NO_SESSION, E_SHUTTING_DOWN):
-        return EndpointConnectionError(f"{endpoint}: {message}")
-    if code == E_BAD_REQUEST:
-        return BadRequestError(message)
-    return ProtocolError(f"{endpoint}: {message}")
+    if issubclass(cls, EndpointConnectionError | ProtocolError):
+        message = f"{endpoint}: {message}"
+    return cls(message)

@@ -1,11 +1,25 @@
-"""EnvServer: serve a Gymnasium env, vector env, or env factory on a ZeroMQ ROUTER socket."""
+"""EnvServer: serve a Gymnasium env, vector env, or env factory on a ZeroMQ ROUTER socket.
+
+The front (one thread, the only user of the ROUTER) reads requests, answers handshakes,
+shutdowns and malformed messages itself, and forwards everything else to the session's
+worker (see :mod:`rlmesh.sessions`) over a backend ROUTER; replies travel back the same
+way. The front never blocks on a peer: replies are sent without waiting, and a client
+that stops reading them is dropped after ``send_timeout_seconds``.
+"""
 
 from __future__ import annotations
 
+import functools
+import itertools
 import logging
 import os
+import pickle
+import resource
+import shutil
+import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -13,18 +27,50 @@ from typing import Any
 import zmq
 
 from rlmesh import protocol as p
-from rlmesh.addresses import ipc_path, resolve_address
-from rlmesh.codec import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_TENSORS, Limits, decode_frames, encode_message
-from rlmesh.env_runner import EnvRunner, is_vector_env, plain_data
-from rlmesh.errors import BadRequestError, InvalidActionError, ProtocolError
-from rlmesh.tensor import Tensor
-from rlmesh.transport import IN_PROCESS_ENDPOINTS, configure, shared_context
+from rlmesh.addresses import claim_ipc_path, file_identity, ipc_path, remove_ipc_file, resolve_address
+from rlmesh.codec import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_MAX_TENSORS,
+    Header,
+    Limits,
+    check_frames,
+    decode_body,
+    encode_message,
+    parse_header,
+)
+from rlmesh.env_runner import EnvRunner, is_vector_env
+from rlmesh.errors import (
+    BadRequestError,
+    EnvBusyError,
+    ProtocolError,
+    ServerFullError,
+    ServerShuttingDownError,
+    SessionClosedError,
+)
+from rlmesh.sessions import (
+    DONE,
+    READY,
+    STOP,
+    SessionWorker,
+    build_worker,
+    check_hello,
+    process_worker_main,
+    start_thread_worker,
+)
+from rlmesh.transport import configure, shared_context
 
 log = logging.getLogger("rlmesh.server")
 
-_POLL_MS = 100
+_POLL_MS = 50
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 _PROBE_INTERVAL_S = 5.0
+_SWEEP_INTERVAL_S = 0.05
+# A well-behaved client has one request in flight; these bound what a flooding one costs.
+_MAX_IN_FLIGHT = 8
+_MAX_QUEUED = 64
+# Per-peer queue of received messages inside libzmq (each at most max_message_bytes).
+_RECEIVE_HWM = 64
+ISOLATION_MODES = ("thread", "process")
 
 
 @dataclass(frozen=True)
@@ -41,8 +87,15 @@ class ServeOptions:
         max_message_bytes: Largest accepted request (header plus tensors).
         max_tensors: Most tensor frames per request.
         busy_poll_seconds: After each reply, spin up to this long for the next request before
-            sleeping (0 disables). Keeps the serving core awake for clients that step back to
-            back, at the cost of CPU.
+            sleeping (0 disables). Keeps the serving front awake for clients that step back
+            to back, at the cost of CPU (and, with thread isolation, of GIL contention).
+        max_sessions: Most concurrent client sessions; the next handshake gets a "server
+            full" error. Lowered at start when the open-file limit cannot hold that many.
+        send_timeout_seconds: Drop a client that has not read its replies for this long
+            (its env is closed and the drop is logged).
+        isolation: ``"thread"`` runs each session's env in its own thread; ``"process"`` (env
+            factories only) in its own child process, so sessions use several cores and an
+            env that crashes ends its own session only.
     """
 
     allow_remote_shutdown: bool = False
@@ -52,6 +105,9 @@ class ServeOptions:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_tensors: int = DEFAULT_MAX_TENSORS
     busy_poll_seconds: float = 0.0
+    max_sessions: int = 256
+    send_timeout_seconds: float = 10.0
+    isolation: str = "thread"
 
     def __post_init__(self) -> None:
         for name in ("idle_timeout_seconds", "drain_timeout_seconds", "close_timeout_seconds"):
@@ -62,29 +118,70 @@ class ServeOptions:
             raise ValueError(f"busy_poll_seconds must be >= 0, got {self.busy_poll_seconds!r}")
         if self.max_message_bytes <= 0:
             raise ValueError(f"max_message_bytes must be positive, got {self.max_message_bytes!r}")
+        if not isinstance(self.max_sessions, int) or self.max_sessions < 1:
+            raise ValueError(f"max_sessions must be a positive int, got {self.max_sessions!r}")
+        if not self.send_timeout_seconds > 0:
+            raise ValueError(f"send_timeout_seconds must be positive, got {self.send_timeout_seconds!r}")
+        if self.isolation not in ISOLATION_MODES:
+            raise ValueError(f"isolation must be one of {ISOLATION_MODES}, got {self.isolation!r}")
 
 
 class _Session:
-    __slots__ = ("last_seen", "runner")
+    """The front's view of one client session and its worker."""
 
-    def __init__(self, runner: EnvRunner) -> None:
-        self.runner = runner
+    __slots__ = (
+        "blocked_since",
+        "closing",
+        "dropped",
+        "identity",
+        "in_flight",
+        "last_seen",
+        "process",
+        "queued",
+        "ready",
+        "thread",
+        "unsent",
+        "worker_id",
+    )
+
+    def __init__(self, identity: bytes, worker_id: bytes) -> None:
+        self.identity = identity
+        self.worker_id = worker_id
         self.last_seen = time.monotonic()
+        self.ready = False  # the worker announced itself: requests can go to it
+        self.closing = False  # a close request was forwarded
+        self.in_flight: deque[int] = deque()  # request ids forwarded, not yet answered
+        self.queued: deque[tuple[int, list[Any]]] = deque()  # waiting for the worker
+        self.unsent: deque[list[Any]] = deque()  # replies the client's pipe had no room for
+        self.blocked_since: float | None = None
+        self.dropped = 0
+        self.thread: threading.Thread | None = None
+        self.process: Any = None
 
 
 def _as_factory(env: Any) -> Callable[[], Any] | None:
     if isinstance(env, str):
-        env_id = env
-
-        def make() -> Any:
-            import gymnasium
-
-            return gymnasium.make(env_id)
-
-        return make
+        return functools.partial(_make_gymnasium_env, env)
     if isinstance(env, type) or (callable(env) and not hasattr(env, "step")):
         return env
     return None
+
+
+def _make_gymnasium_env(env_id: str) -> Any:
+    import gymnasium
+
+    return gymnasium.make(env_id)
+
+
+def _session_capacity(requested: int) -> int:
+    """``requested``, lowered so that the sessions' sockets fit the open-file limit."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return requested
+    fitting = max(1, (soft - 64) // 3)  # a client connection, a worker socket, a spare
+    if fitting < requested:
+        log.warning("max_sessions lowered from %d to %d to fit the open-file limit %d", requested, fitting, soft)
+    return min(requested, fitting)
 
 
 class EnvServer:
@@ -92,7 +189,7 @@ class EnvServer:
 
     ``env`` may be a Gymnasium env (served to one client at a time), a Gymnasium vector env
     (same), or a factory: a callable or a Gymnasium id string that makes a fresh env for
-    each client session, so several clients can run side by side.
+    each client session, so several clients can run side by side, each in its own worker.
 
     Example:
         >>> with EnvServer("CartPole-v1", port=0) as server:   # doctest: +SKIP
@@ -117,21 +214,43 @@ class EnvServer:
         self.options = options or ServeOptions()
         self._limits = Limits(self.options.max_message_bytes, self.options.max_tensors)
         self._factory = _as_factory(env)
+        self._processes = self.options.isolation == "process"
+        if self._processes:
+            if self._factory is None:
+                raise ValueError(
+                    "isolation='process' needs an env factory (a callable or an env id); "
+                    f"got an env object of type {type(env).__name__}"
+                )
+            try:
+                pickle.dumps(self._factory)
+            except Exception as error:
+                raise ValueError(
+                    "isolation='process' needs a picklable env factory (a module-level callable, "
+                    f"a functools.partial of one, or an env id); {self._factory!r:.80} is not: {error}"
+                ) from None
         # The first env is made now: its spaces define the contract, and a factory that
         # cannot build an env, or an env whose spaces cannot cross the wire, fails here.
         first = self._factory() if self._factory is not None else env
         if not hasattr(first, "step") or not hasattr(first, "reset"):
             raise TypeError(f"EnvServer needs a Gymnasium env, vector env, or factory; got {type(env).__name__}")
         try:
-            self._spare: EnvRunner | None = EnvRunner(first)
+            runner = EnvRunner(first)
         except Exception:
             if self._factory is not None:
                 first.close()
             raise
-        self.contract = self._spare.contract
-        self._shared_runner = None if self._factory is not None else self._spare
-        self._owner: bytes | None = None
-        self._sessions: dict[bytes, _Session] = {}
+        self.contract = runner.contract
+        self._shared_runner = None if self._factory is not None else runner
+        self._spare: EnvRunner | None = runner if self._factory is not None and not self._processes else None
+        if self._processes:
+            runner.close()  # each session's env is made in its own process
+        self._max_sessions = _session_capacity(self.options.max_sessions)
+        self._sessions: dict[bytes, _Session] = {}  # by client identity
+        self._workers: dict[bytes, _Session] = {}  # by worker id, until the worker is done
+        self._owner: bytes | None = None  # the client holding a single env object
+        self._waiting: list[list[Any]] = []  # hellos waiting for that env
+        self._spare_process: _Session | None = None
+        self._worker_ids = itertools.count(1)
         self._closed_envs: set[int] = set()
         self._stop = threading.Event()
         self._stopped = threading.Event()
@@ -139,20 +258,49 @@ class EnvServer:
         self._thread: threading.Thread | None = None
         self._serving = False
         self._finished = False
+        self._ipc_file: tuple[str, tuple[int, int] | None] | None = None
+        self._backend_dir: str | None = None
         self._socket = configure(shared_context().socket(zmq.ROUTER))
         self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._socket.setsockopt(zmq.MAXMSGSIZE, self.options.max_message_bytes + 4096)
-        path_ = ipc_path(endpoint)
-        if path_ and os.path.exists(path_):
-            os.unlink(path_)  # a stale socket file left by a dead server
+        self._socket.setsockopt(zmq.RCVHWM, _RECEIVE_HWM)
+        self._backend = shared_context().socket(zmq.ROUTER)
+        self._backend.setsockopt(zmq.LINGER, 0)
+        self._backend.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self._backend.setsockopt(zmq.SNDHWM, 0)  # bounded by _MAX_IN_FLIGHT per session
+        self._backend.setsockopt(zmq.RCVHWM, 0)
         try:
+            path_ = ipc_path(endpoint)
+            if path_:
+                claim_ipc_path(path_)
             self._socket.bind(endpoint)
-        except zmq.ZMQError as error:
+            self.address: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+            if path_:
+                self._ipc_file = (path_, file_identity(path_))
+            self._backend_endpoint = self._bind_backend()
+        except (zmq.ZMQError, OSError) as error:
             self._socket.close()
-            self._close_runner(self._spare)
+            self._backend.close()
+            self._remove_backend_dir()
+            self._close_runner(runner)
+            if isinstance(error, OSError):
+                raise
             raise OSError(f"cannot bind {endpoint}: {error}") from None
-        self.address: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
-        IN_PROCESS_ENDPOINTS.add(self.address)
+
+    def _bind_backend(self) -> str:
+        if not self._processes:
+            endpoint = f"inproc://rlmesh-sessions-{id(self):x}"
+            self._backend.bind(endpoint)
+            return endpoint
+        self._backend_dir = tempfile.mkdtemp(prefix="rlmesh-")
+        endpoint = f"ipc://{self._backend_dir}/sessions"
+        self._backend.bind(endpoint)
+        return endpoint
+
+    def _remove_backend_dir(self) -> None:
+        if self._backend_dir is not None:
+            shutil.rmtree(self._backend_dir, ignore_errors=True)
+            self._backend_dir = None
 
     # -- lifecycle ----------------------------------------------------------------------
     @property
@@ -207,147 +355,302 @@ class EnvServer:
 
     # -- loop ---------------------------------------------------------------------------
     def _loop(self) -> None:
-        socket = self._socket
-        next_sweep = time.monotonic() + 1.0
+        socket, backend = self._socket, self._backend
+        poller = zmq.Poller()
+        poller.register(socket, zmq.POLLIN)
+        poller.register(backend, zmq.POLLIN)
+        next_sweep = next_probe = time.monotonic()
         spin = self.options.busy_poll_seconds
         drain_deadline: float | None = None
+        if self._processes:
+            self._start_spare_process()
         while True:
             if self._stop.is_set():
                 if drain_deadline is None:
                     drain_deadline = time.monotonic() + (self.options.drain_timeout_seconds or 0.0)
                 if not self._sessions or time.monotonic() >= drain_deadline:
                     return
-            if socket.poll(_POLL_MS):
-                # Serve everything queued before polling again; EVENTS avoids a raised Again.
-                while socket.getsockopt(_EVENTS) & _POLLIN or self._spin(spin):
-                    self._handle(socket.recv_multipart())
+            events = dict(poller.poll(_POLL_MS))
+            while events:
+                # Take turns between clients and workers so neither side can starve the other.
+                for _ in range(64):
+                    if not socket.getsockopt(_EVENTS) & _POLLIN:
+                        break
+                    self._from_client(socket.recv_multipart(copy=False))
+                for _ in range(64):
+                    if not backend.getsockopt(_EVENTS) & _POLLIN:
+                        break
+                    self._from_worker(backend.recv_multipart(copy=False))
+                ready = socket.getsockopt(_EVENTS) & _POLLIN or backend.getsockopt(_EVENTS) & _POLLIN
+                if not ready and not (spin and self._spin(spin)):
+                    break
             now = time.monotonic()
             if now >= next_sweep:
-                next_sweep = now + 1.0
-                self._sweep(now)
+                next_sweep = now + _SWEEP_INTERVAL_S
+                self._sweep(now, probe=now >= next_probe)
+                if now >= next_probe:
+                    next_probe = now + 1.0
 
     def _spin(self, seconds: float) -> bool:
-        """Busy-wait up to ``seconds`` for the next request; whether one arrived."""
-        if seconds <= 0:
-            return False
-        socket, clock = self._socket, time.perf_counter
+        """Busy-wait up to ``seconds`` for the next message; whether one arrived."""
+        socket, backend, clock = self._socket, self._backend, time.perf_counter
         end = clock() + seconds
         while clock() < end:
-            if socket.getsockopt(_EVENTS) & _POLLIN:
+            if socket.getsockopt(_EVENTS) & _POLLIN or backend.getsockopt(_EVENTS) & _POLLIN:
                 return True
         return False
 
-    def _handle(self, frames: list[bytes]) -> None:
-        # Requests are small (actions), so the whole message is read at once; each tensor
-        # frame is copied into an aligned buffer the env may keep.
-        identity = frames[0]
+    # -- requests -----------------------------------------------------------------------
+    def _from_client(self, frames: list[Any]) -> None:
+        identity = frames[0].bytes
         if len(frames) < 2:
             return  # an empty message: nothing to answer
         request_id = 0
         try:
-            header, payload = decode_frames(frames[1:], Tensor.numpy, self._limits)
+            total = sum(len(frame) for frame in frames[1:])
+            if total > self._limits.max_message_bytes:
+                raise ProtocolError(
+                    f"request of {total} bytes exceeds max_message_bytes={self._limits.max_message_bytes}"
+                )
+            header = parse_header(frames[1], self._limits)
             request_id = header.request_id
-            reply = self._dispatch(identity, header.kind, payload)
-        except ProtocolError as error:
-            self._send_error(identity, request_id, p.E_PROTOCOL, str(error))
-            return
-        except _Refusal as refusal:
-            self._send_error(identity, request_id, refusal.code, str(refusal))
-            return
-        except InvalidActionError as error:
-            self._send_error(identity, request_id, p.E_INVALID_ACTION, str(error))
-            return
-        except BadRequestError as error:
-            self._send_error(identity, request_id, p.E_BAD_REQUEST, str(error))
-            return
-        except Exception as error:  # the env raised: report it, keep serving
-            message = f"{type(error).__name__}: {error}"
-            self._send_error(identity, request_id, p.E_ENV, message, error)
-            return
-        self._send(identity, p.OK, request_id, reply)
+            check_frames(header, frames[2:])
+            self._route(identity, header, frames)
+        except Exception as error:
+            self._reply(identity, encode_message(p.ERROR, request_id, p.reply_for(error)))
 
-    def _dispatch(self, identity: bytes, op: str, payload: Any) -> Any:
-        if op == p.STEP:
-            return self._session(identity).runner.step(payload)
-        if op == p.RESET:
-            return self._session(identity).runner.reset(payload)
-        if op == p.HELLO:
-            return self._hello(identity, payload)
-        if op == p.RENDER:
-            return self._session(identity).runner.render()
-        if op == p.CLOSE:
-            self._end_session(identity)
-            return None
-        if op == p.PING:
-            return None
-        if op == p.SHUTDOWN:
-            reason = payload.get("reason", "") if isinstance(payload, dict) else ""
-            if not self.options.allow_remote_shutdown:
-                return {"accepted": False, "message": "remote shutdown is disabled on this server"}
-            log.info("remote shutdown requested: %s", reason)
-            self._stop.set()
-            return {"accepted": True, "message": "shutting down"}
-        raise _Refusal(p.E_BAD_REQUEST, f"unknown op {op!r}; expected one of {sorted(p.OPS)}")
-
-    def _session(self, identity: bytes) -> _Session:
+    def _route(self, identity: bytes, header: Header, frames: list[Any]) -> None:
         session = self._sessions.get(identity)
-        if session is None:
-            raise _Refusal(
-                p.E_NO_SESSION, "no session for this client (the server may have restarted or closed it); reconnect"
+        op, request_id = header.kind, header.request_id
+        if op == p.HELLO:
+            if session is None:
+                check_hello(self._small_payload(header))
+                session = self._open_session(identity, frames)
+                if session is None:
+                    return  # waiting for a single env object to be released
+        elif op == p.SHUTDOWN:
+            self._reply(identity, encode_message(p.OK, request_id, self._shutdown_request(header)))
+            return
+        elif op not in p.OPS:
+            raise BadRequestError(f"unknown op {op!r}; expected one of {sorted(p.OPS)}")
+        elif session is None or session.closing:
+            raise SessionClosedError(
+                "no session for this client (the server may have restarted or closed it); reconnect"
             )
         session.last_seen = time.monotonic()
+        if op == p.CLOSE:
+            session.closing = True
+        if session.ready and not session.queued and len(session.in_flight) < _MAX_IN_FLIGHT:
+            self._forward(session, request_id, frames)
+        elif len(session.queued) < _MAX_QUEUED:
+            session.queued.append((request_id, frames))
+        else:
+            session.dropped += 1
+            if session.dropped in (1, 1000):
+                log.warning("dropping requests from a client that floods its session (%d so far)", session.dropped)
+
+    def _forward(self, session: _Session, request_id: int, frames: list[Any]) -> None:
+        session.in_flight.append(request_id)
+        frames[0] = session.worker_id
+        self._backend.send_multipart(frames, copy=False)
+
+    def _small_payload(self, header: Header) -> Any:
+        """The payload of a control request (no tensors expected: their placeholders fail)."""
+        return decode_body(header.body, (), None, self._limits)
+
+    def _shutdown_request(self, header: Header) -> dict[str, Any]:
+        payload = self._small_payload(header)
+        reason = payload.get("reason", "") if isinstance(payload, dict) else ""
+        if not self.options.allow_remote_shutdown:
+            return {"accepted": False, "message": "remote shutdown is disabled on this server"}
+        log.info("remote shutdown requested: %s", reason)
+        self._stop.set()
+        return {"accepted": True, "message": "shutting down"}
+
+    def _open_session(self, identity: bytes, frames: list[Any]) -> _Session | None:
+        if self._stop.is_set():
+            raise ServerShuttingDownError("the server is shutting down")
+        if len(self._sessions) >= self._max_sessions:
+            raise ServerFullError(
+                f"server full: it serves {len(self._sessions)} sessions (max_sessions={self._max_sessions}); "
+                "try again later, or raise max_sessions"
+            )
+        if self._factory is None and not self._claim_shared_env(identity, frames):
+            return None
+        session = _Session(identity, (next(self._worker_ids)).to_bytes(8, "little"))
+        if self._processes:
+            spare = self._spare_process
+            if spare is not None and spare.process.is_alive():
+                self._spare_process = None
+                session.worker_id, session.process, session.ready = spare.worker_id, spare.process, spare.ready
+                self._start_spare_process()
+            else:
+                self._start_process(session)
+        else:
+            session.thread = start_thread_worker(self._worker_factory(), self._backend_endpoint, session.worker_id)
+        self._sessions[identity] = session
+        self._workers[session.worker_id] = session
         return session
 
-    def _hello(self, identity: bytes, payload: Any) -> Any:
-        if not isinstance(payload, dict):
-            raise ProtocolError("hello expects a dict payload")
-        version = payload.get("protocol")
-        if version != p.PROTOCOL_VERSION:
-            raise _Refusal(
-                p.E_VERSION, f"protocol version mismatch: client speaks {version!r}, server speaks {p.PROTOCOL_VERSION}"
-            )
-        if self._stop.is_set():
-            raise _Refusal(p.E_SHUTTING_DOWN, "the server is shutting down")
-        if identity not in self._sessions:
-            self._sessions[identity] = _Session(self._runner_for(identity))
-        return {"protocol": p.PROTOCOL_VERSION, "contract": self.contract.to_dict()}
+    def _worker_factory(self) -> Callable[[], SessionWorker]:
+        if self._shared_runner is not None:
+            return functools.partial(SessionWorker, self._shared_runner, self.contract, self._limits, owns_env=False)
+        assert self._factory is not None
+        spare, self._spare = self._spare, None
+        return functools.partial(build_worker, self._factory, self.contract, self._limits, spare)
 
-    def _runner_for(self, identity: bytes) -> EnvRunner:
-        if self._factory is None:
-            if self._owner is not None and self._owner != identity and self._alive(self._owner):
-                raise _Refusal(
-                    p.E_BUSY,
+    def _claim_shared_env(self, identity: bytes, frames: list[Any]) -> bool:
+        """Whether ``identity`` may take the single env object now (else it waits or is refused)."""
+        owner = self._owner
+        if owner is not None and owner != identity:
+            session = self._sessions.get(owner)
+            if session is not None and self._alive(owner):
+                raise EnvBusyError(
                     "busy: this endpoint serves a single env object and another client holds it; "
-                    "serve a factory (callable or env id) to give each client its own env",
+                    "serve a factory (callable or env id) to give each client its own env"
                 )
-            if self._owner is not None and self._owner != identity:
-                self._sessions.pop(self._owner, None)
-            self._owner = identity
-            assert self._shared_runner is not None
-            return self._shared_runner
-        if self._spare is not None:
-            runner, self._spare = self._spare, None
-            return runner
-        env = self._factory()
-        try:
-            runner = EnvRunner(env)
-        except Exception:
-            env.close()
-            raise
-        if runner.contract != self.contract:
-            self._close_runner(runner)
-            raise RuntimeError(f"the env factory made an env with a different contract: {runner.contract}")
-        return runner
+            if session is not None:
+                self._end_session(session, "its client vanished")
+            if any(worker.identity == owner for worker in self._workers.values()):
+                self._waiting.append(frames)  # until the old worker lets go of the env
+                return False
+        self._owner = identity
+        return True
 
-    def _end_session(self, identity: bytes) -> None:
-        session = self._sessions.pop(identity, None)
+    def _start_process(self, session: _Session) -> None:
+        import multiprocessing
+
+        assert self._factory is not None
+        context = multiprocessing.get_context("spawn")
+        session.process = context.Process(
+            target=process_worker_main,
+            args=(
+                self._factory,
+                self.contract.to_dict(),
+                self._limits,
+                self._backend_endpoint,
+                session.worker_id,
+                os.getpid(),
+            ),
+            name="rlmesh-session",
+            daemon=True,
+        )
+        session.process.start()
+
+    def _start_spare_process(self) -> None:
+        """Start the next session's process ahead of its handshake."""
+        if self._stop.is_set():
+            return
+        spare = _Session(b"", (next(self._worker_ids)).to_bytes(8, "little"))
+        self._start_process(spare)
+        self._spare_process = spare
+        self._workers[spare.worker_id] = spare
+
+    # -- replies ------------------------------------------------------------------------
+    def _from_worker(self, frames: list[Any]) -> None:
+        worker_id = frames[0].bytes
+        session = self._workers.get(worker_id)
         if session is None:
             return
-        if self._factory is None:
-            if self._owner == identity:
-                self._owner = None
-        else:
-            self._close_runner(session.runner)
+        if len(frames) == 2 and frames[1].bytes in (READY, DONE):
+            if frames[1].bytes == READY:
+                session.ready = True
+                self._flush_queue(session)
+            else:
+                self._worker_done(session)
+            return
+        if session.in_flight:
+            session.in_flight.popleft()
+        if self._sessions.get(session.identity) is session:
+            self._reply(session.identity, frames[1:], session)
+        self._flush_queue(session)
+
+    def _flush_queue(self, session: _Session) -> None:
+        while session.ready and session.queued and len(session.in_flight) < _MAX_IN_FLIGHT:
+            request_id, frames = session.queued.popleft()
+            self._forward(session, request_id, frames)
+
+    def _reply(self, identity: bytes, reply: list[Any], session: _Session | None = None) -> None:
+        """Send a reply without waiting; a session whose client's pipe is full keeps it."""
+        frames = [identity, *reply]
+        if session is not None and session.unsent:
+            session.unsent.append(frames)
+            return
+        try:
+            self._socket.send_multipart(frames, zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            if session is not None:  # the client is not reading: hold on, then drop it
+                session.unsent.append(frames)
+                session.blocked_since = time.monotonic()
+        except zmq.ZMQError:
+            if session is not None:  # the client vanished
+                self._end_session(session, "its client vanished")
+
+    def _retry_unsent(self, session: _Session, now: float) -> None:
+        while session.unsent:
+            try:
+                self._socket.send_multipart(session.unsent[0], zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                assert session.blocked_since is not None
+                if now - session.blocked_since > self.options.send_timeout_seconds:
+                    log.warning(
+                        "dropping a client that has not read its replies for %.1fs",
+                        self.options.send_timeout_seconds,
+                    )
+                    self._end_session(session, "its client stopped reading replies")
+                return
+            except zmq.ZMQError:
+                self._end_session(session, "its client vanished")
+                return
+            session.unsent.popleft()
+        session.blocked_since = None
+
+    # -- session ends -------------------------------------------------------------------
+    def _end_session(self, session: _Session, why: str) -> None:
+        """Forget a session and tell its worker to close the env and end."""
+        if self._sessions.get(session.identity) is session:
+            del self._sessions[session.identity]
+            log.info("closing a session: %s", why)
+        session.unsent.clear()
+        session.queued.clear()
+        if session.worker_id in self._workers:
+            try:
+                self._backend.send_multipart([session.worker_id, STOP], zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass  # not connected yet (a process still starting) or gone: it is reaped
+
+    def _worker_done(self, session: _Session) -> None:
+        self._workers.pop(session.worker_id, None)
+        if self._sessions.get(session.identity) is session:
+            del self._sessions[session.identity]
+        if session.process is not None:
+            session.process.join(5.0)
+        if self._owner == session.identity and self._factory is None:
+            self._owner = None
+            waiting, self._waiting = self._waiting, []
+            for frames in waiting:
+                self._from_client(frames)
+
+    def _worker_died(self, session: _Session) -> None:
+        code = session.process.exitcode
+        message = (
+            f"the env process of this session exited with code {code} (a crash or os._exit); "
+            "the session is closed: reconnect for a fresh env"
+        )
+        if self._sessions.get(session.identity) is session:
+            log.warning("a session's env process exited with code %s", code)
+            for request_id in session.in_flight:
+                reply = encode_message(p.ERROR, request_id, p.error_payload(p.E_ENV, message))
+                self._reply(session.identity, reply)
+            for request_id, _ in session.queued:
+                reply = encode_message(p.ERROR, request_id, p.error_payload(p.E_ENV, message))
+                self._reply(session.identity, reply)
+        session.in_flight.clear()
+        session.queued.clear()
+        self._worker_done(session)
+        if session is self._spare_process:
+            self._spare_process = None
+            self._start_spare_process()
 
     def _alive(self, identity: bytes) -> bool:
         """Probe a peer: with ROUTER_MANDATORY, a vanished peer fails with EHOSTUNREACH."""
@@ -359,43 +662,22 @@ class EnvServer:
             return False
         return True
 
-    def _sweep(self, now: float) -> None:
+    def _sweep(self, now: float, probe: bool) -> None:
         idle = self.options.idle_timeout_seconds
-        for identity, session in list(self._sessions.items()):
+        for session in list(self._sessions.values()):
+            if session.unsent:
+                self._retry_unsent(session, now)
+            if not probe:
+                continue
             quiet_for = now - session.last_seen
-            if idle is not None and quiet_for > idle:
-                log.info("closing session idle for %.1fs", quiet_for)
-                self._end_session(identity)
-            elif quiet_for > _PROBE_INTERVAL_S and not self._alive(identity):
-                self._end_session(identity)
-
-    # -- replies ------------------------------------------------------------------------
-    def _send(self, identity: bytes, kind: str, request_id: int, payload: Any) -> None:
-        try:
-            frames = encode_message(kind, request_id, payload)
-        except (TypeError, ValueError) as error:
-            try:  # an info dict with values that cannot cross the wire: send their repr
-                frames = encode_message(kind, request_id, _sanitized(payload))
-                log.warning("reply held values that cannot cross the wire; sent their repr: %s", error)
-            except (TypeError, ValueError):
-                self._send_error(
-                    identity,
-                    request_id,
-                    p.E_ENV,
-                    f"the env returned a value that cannot cross the wire: {error}",
-                    error,
-                )
-                return
-        try:
-            self._socket.send_multipart([identity, *frames], copy=len(frames) == 1)
-        except zmq.ZMQError as error:  # the client vanished: drop its session
-            log.info("dropping reply to a vanished client: %s", error)
-            self._end_session(identity)
-
-    def _send_error(
-        self, identity: bytes, request_id: int, code: str, message: str, error: BaseException | None = None
-    ) -> None:
-        self._send(identity, p.ERROR, request_id, p.error_payload(code, message, error))
+            if idle is not None and quiet_for > idle and not session.in_flight:
+                self._end_session(session, f"idle for {quiet_for:.1f}s")
+            elif quiet_for > _PROBE_INTERVAL_S and not self._alive(session.identity):
+                self._end_session(session, "its client vanished")
+        if self._processes:
+            for session in list(self._workers.values()):
+                if session.process is not None and not session.process.is_alive():
+                    self._worker_died(session)
 
     # -- cleanup ------------------------------------------------------------------------
     def _close_runner(self, runner: EnvRunner | None) -> None:
@@ -412,30 +694,50 @@ class EnvServer:
         if closer.is_alive():
             log.warning("env.close() did not finish within %.1fs; moving on", timeout)
 
+    def _stop_workers(self) -> None:
+        """Stop every worker and wait for them (up to ``close_timeout_seconds``)."""
+        for session in list(self._sessions.values()):
+            self._end_session(session, "the server is shutting down")
+        for session in list(self._workers.values()):
+            self._end_session(session, "the server is shutting down")
+        timeout = self.options.close_timeout_seconds
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._workers:
+            wait_ms = 100 if deadline is None else max(0, min(100, int((deadline - time.monotonic()) * 1000)))
+            if self._backend.poll(wait_ms):
+                frames = self._backend.recv_multipart(copy=False)
+                session = self._workers.get(frames[0].bytes)
+                if session is not None and len(frames) == 2 and frames[1].bytes == READY:
+                    self._end_session(session, "the server is shutting down")  # it missed the first stop
+                elif session is not None and len(frames) == 2 and frames[1].bytes == DONE:
+                    self._worker_done(session)
+            for session in list(self._workers.values()):
+                if session.process is not None and not session.process.is_alive():
+                    self._worker_done(session)
+            if deadline is not None and time.monotonic() >= deadline:
+                log.warning("%d session(s) did not close within %.1fs; moving on", len(self._workers), timeout)
+                break
+        for session in self._workers.values():
+            if session.process is not None:
+                session.process.kill()
+                session.process.join(5.0)
+
     def _cleanup(self) -> None:
         with self._lock:
             if self._finished:
                 return
             self._finished = True
-        for identity in list(self._sessions):
-            self._end_session(identity)
-        self._close_runner(self._spare)
-        self._close_runner(self._shared_runner)
-        self._socket.close(linger=0)
-        IN_PROCESS_ENDPOINTS.discard(self.address)
-        path = ipc_path(self.address)
-        if path and os.path.exists(path):
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
-        self._stopped.set()
-
-
-class _Refusal(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+        try:
+            self._stop_workers()
+        finally:
+            self._close_runner(self._spare)
+            self._close_runner(self._shared_runner)
+            self._socket.close(linger=0)
+            self._backend.close(linger=0)
+            self._remove_backend_dir()
+            if self._ipc_file is not None:
+                remove_ipc_file(*self._ipc_file)
+            self._stopped.set()
 
 
 def _close_quietly(runner: EnvRunner) -> None:
@@ -445,17 +747,4 @@ def _close_quietly(runner: EnvRunner) -> None:
         log.exception("env.close() raised")
 
 
-def _sanitized(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _sanitized(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_sanitized(v) for v in value)
-    if value is None or isinstance(value, bool | int | float | str | bytes | Tensor):
-        return value
-    data = plain_data(value)
-    if hasattr(data, "dtype") and data.dtype.kind not in "biuf":
-        return repr(value)
-    return data if not isinstance(data, str) or isinstance(value, str) else repr(value)
-
-
-__all__ = ["EnvServer", "ServeOptions", "is_vector_env"]
+__all__ = ["ISOLATION_MODES", "EnvServer", "ServeOptions", "is_vector_env"]

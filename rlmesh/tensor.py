@@ -18,10 +18,14 @@ _SMALL_BYTES = 1 << 14
 _slabs = threading.local()
 # Large buffers are recycled once nothing references them any more (no array view, no
 # DLPack-imported JAX array): a fresh multi-MiB allocation page-faults on every 4 KiB page
-# the receive writes, which costs more than the copy itself.
+# the receive writes, which costs more than the copy itself. The pool holds at most
+# _POOL_PER_SIZE buffers of one size and _pool_limit bytes in all; a buffer it does not
+# hold is freed as soon as its last user lets go.
 _POOL_PER_SIZE = 4
-_POOL_MAX_BYTES = 1 << 26
-_pool: dict[int, list[tuple[np.ndarray, int]]] = {}
+DEFAULT_BUFFER_POOL_BYTES = 1 << 26
+_pool_limit = DEFAULT_BUFFER_POOL_BYTES
+_pool_bytes = 0
+_pool: dict[int, list[tuple[np.ndarray, int]]] = {}  # by size, least recently used first
 _pool_lock = threading.Lock()
 
 # The 12 dtypes that cross the wire, by name, with their one-byte wire codes.
@@ -76,19 +80,69 @@ def _aligned_raw(nbytes: int) -> tuple[np.ndarray, int]:
     return raw, (-raw.ctypes.data) % ALIGNMENT
 
 
+def _is_free(entry: tuple[np.ndarray, int]) -> bool:
+    # Referenced only by its pool entry and getrefcount's argument.
+    return sys.getrefcount(entry[0]) <= 2
+
+
 def _recycled_raw(nbytes: int) -> tuple[np.ndarray, int]:
-    if nbytes > _POOL_MAX_BYTES:
+    global _pool_bytes
+    if nbytes > _pool_limit:
         return _aligned_raw(nbytes)
     with _pool_lock:
-        entries = _pool.setdefault(nbytes, [])
-        for entry in entries:
-            # Referenced only by its pool entry and getrefcount's argument: free.
-            if sys.getrefcount(entry[0]) <= 2:
-                return entry
+        entries = _pool.pop(nbytes, None)
+        if entries:
+            _pool[nbytes] = entries  # most recently used last
+            for entry in entries:
+                if _is_free(entry):
+                    return entry
         entry = _aligned_raw(nbytes)
-        if len(entries) < _POOL_PER_SIZE:
-            entries.append(entry)
+        size = entry[0].nbytes
+        if (not entries or len(entries) < _POOL_PER_SIZE) and _make_room(size):
+            _pool.setdefault(nbytes, []).append(entry)
+            _pool_bytes += size
         return entry
+
+
+def _make_room(size: int) -> bool:
+    """Drop free pooled buffers, least recently used sizes first, until ``size`` fits."""
+    global _pool_bytes
+    for key in list(_pool):
+        if _pool_bytes + size <= _pool_limit:
+            break
+        kept = []
+        for entry in _pool[key]:
+            if _pool_bytes + size > _pool_limit and _is_free(entry):
+                _pool_bytes -= entry[0].nbytes
+            else:
+                kept.append(entry)
+        if kept:
+            _pool[key] = kept
+        else:
+            del _pool[key]
+    return _pool_bytes + size <= _pool_limit
+
+
+def set_buffer_pool_limit(nbytes: int) -> int:
+    """Cap the bytes this process keeps in recycled receive buffers; returns the old cap.
+
+    Free buffers over the new cap are released at once; 0 turns recycling off.
+
+    Raises:
+        ValueError: for a negative ``nbytes``.
+    """
+    global _pool_limit
+    if not isinstance(nbytes, int) or nbytes < 0:
+        raise ValueError(f"buffer pool limit must be a non-negative int of bytes, got {nbytes!r}")
+    with _pool_lock:
+        old, _pool_limit = _pool_limit, nbytes
+        _make_room(0)
+    return old
+
+
+def buffer_pool_bytes() -> int:
+    """Bytes currently held by the receive buffer pool (in use or free)."""
+    return _pool_bytes
 
 
 def aligned_empty(shape: Sequence[int], dtype: Any) -> np.ndarray:

@@ -16,10 +16,6 @@ HEARTBEAT_INTERVAL_MS = 1000
 HEARTBEAT_TIMEOUT_MS = 3000
 _RCVMORE = int(zmq.RCVMORE)
 
-# Endpoints bound by EnvServers in this process. Clients do not busy-poll them: a spinning
-# client thread holds the GIL the server thread needs.
-IN_PROCESS_ENDPOINTS: set[str] = set()
-
 
 def shared_context() -> zmq.Context:
     """The process-wide ZeroMQ context."""
@@ -77,11 +73,18 @@ def receive_message(
     decode_leaf: Callable[[Tensor], Any] | None,
     limits: Limits = DEFAULT_LIMITS,
 ) -> tuple[Header, Any]:
-    """Finish receiving a message whose header frame was read already, and decode it."""
+    """Finish receiving a message whose header frame was read already, and decode it.
+
+    Raises:
+        ProtocolError: for a malformed message; its remaining frames are drained first, so
+            the next message starts clean.
+    """
     try:
         header = parse_header(first_frame, limits)
-    except ProtocolError:
+        tensors = receive_tensors(socket, header)
+    except Exception as error:
         drain(socket)
-        raise
-    tensors = receive_tensors(socket, header)
+        if isinstance(error, ProtocolError):
+            raise
+        raise ProtocolError(f"malformed message: {type(error).__name__}: {error}") from None
     return header, decode_body(header.body, tensors, decode_leaf, limits)

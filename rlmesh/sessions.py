@@ -1,0 +1,249 @@
+"""Session workers: each client session's env runs in its own thread or child process.
+
+A :class:`SessionWorker` turns request frames into reply frames for one env (``handle``),
+with no socket of its own, so any request source can drive it. :func:`serve_session` runs a
+worker over a DEALER socket connected to the server front's backend ROUTER: the front only
+moves frames, so a slow env, a slow ``env.close()`` or a crashing env process delays or
+ends its own session only.
+
+Control messages between the front and a worker are single frames that no encoded
+message can equal (encoded messages start with a msgpack array tag).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from rlmesh import protocol as p
+from rlmesh.codec import DEFAULT_LIMITS, Limits, decode_frames, encode_message
+from rlmesh.env_runner import EnvRunner, plain_data
+from rlmesh.errors import BadRequestError, ProtocolError, ProtocolVersionError
+from rlmesh.specs import EnvContract
+from rlmesh.tensor import Tensor
+from rlmesh.transport import configure, shared_context
+
+log = logging.getLogger("rlmesh.server")
+
+READY = b"\x00ready"  # worker -> front: the env is built (or failed); send requests
+DONE = b"\x00done"  # worker -> front: the env is closed, the worker has ended
+STOP = b"\x00stop"  # front -> worker: close the env and end
+
+_PARENT_CHECK_MS = 1000
+
+
+class SessionWorker:
+    """Serves one session's requests against one env.
+
+    Args:
+        runner: The env to serve; None when building it failed (``failure`` says why).
+        contract: The server's contract; the hello reply carries it.
+        limits: Bounds on received requests (announced in the hello reply).
+        owns_env: Whether ending the session closes the env (factory sessions).
+        failure: The exception the env factory raised, answered to the first request.
+    """
+
+    def __init__(
+        self,
+        runner: EnvRunner | None,
+        contract: EnvContract,
+        limits: Limits = DEFAULT_LIMITS,
+        *,
+        owns_env: bool = True,
+        failure: BaseException | None = None,
+    ) -> None:
+        self.runner = runner
+        self.contract = contract
+        self.limits = limits
+        self.owns_env = owns_env
+        self.failure = failure
+        self.finished = failure is not None and runner is None
+
+    def handle(self, frames: list[Any]) -> list[Any]:
+        """Answer one request (its frames, header first); returns the reply frames.
+
+        Sets :attr:`finished` once the session has ended (a ``close`` request, or an env
+        that could not be built).
+        """
+        request_id = 0
+        try:
+            header, payload = decode_frames(frames, Tensor.numpy, self.limits)
+            request_id = header.request_id
+            if self.failure is not None:
+                raise self.failure
+            reply = self._dispatch(header.kind, payload)
+        except Exception as error:
+            return encode_message(p.ERROR, request_id, p.reply_for(error))
+        return _encode_reply(request_id, reply)
+
+    def _dispatch(self, op: str, payload: Any) -> Any:
+        runner = self.runner
+        assert runner is not None
+        if op == p.STEP:
+            return runner.step(payload)
+        if op == p.RESET:
+            return runner.reset(payload)
+        if op == p.HELLO:
+            return self.hello(payload)
+        if op == p.RENDER:
+            return runner.render()
+        if op == p.CLOSE:
+            self.close()
+            return None
+        raise BadRequestError(f"unknown op {op!r}; expected one of {sorted(p.OPS)}")
+
+    def hello(self, payload: Any) -> dict[str, Any]:
+        """The handshake reply: protocol version, contract and the server's request limit."""
+        check_hello(payload)
+        return {
+            "protocol": p.PROTOCOL_VERSION,
+            "contract": self.contract.to_dict(),
+            "max_message_bytes": self.limits.max_message_bytes,
+            "max_tensors": self.limits.max_tensors,
+        }
+
+    def close(self) -> None:
+        """End the session: close the env if this session owns it. Idempotent."""
+        self.finished = True
+        runner, self.runner = self.runner, None
+        if runner is not None and self.owns_env:
+            try:
+                runner.close()
+            except Exception:
+                log.exception("env.close() raised")
+
+
+def check_hello(payload: Any) -> None:
+    """Refuse a handshake that is malformed or speaks another protocol version.
+
+    Raises:
+        ProtocolError: the payload is not a dict.
+        ProtocolVersionError: the versions differ (both are named).
+    """
+    if not isinstance(payload, dict):
+        raise ProtocolError("hello expects a dict payload")
+    version = payload.get("protocol")
+    if version != p.PROTOCOL_VERSION:
+        raise ProtocolVersionError(
+            f"protocol version mismatch: client speaks {version!r}, server speaks {p.PROTOCOL_VERSION}"
+        )
+
+
+def _encode_reply(request_id: int, reply: Any) -> list[Any]:
+    try:
+        return encode_message(p.OK, request_id, reply)
+    except (TypeError, ValueError) as error:
+        try:  # an info dict with values that cannot cross the wire: send their repr
+            frames = encode_message(p.OK, request_id, plain_data(reply))
+        except (TypeError, ValueError):
+            message = f"the env returned a value that cannot cross the wire: {error}"
+            return encode_message(p.ERROR, request_id, p.error_payload(p.E_ENV, message, error))
+        log.warning("reply held values that cannot cross the wire; sent their repr: %s", error)
+        return frames
+
+
+def build_worker(
+    make_env: Callable[[], Any], contract: EnvContract, limits: Limits, runner: EnvRunner | None = None
+) -> SessionWorker:
+    """A worker for a fresh env from ``make_env`` (or for ``runner``, already built).
+
+    A factory that raises, or makes an env with another contract, gives a worker that
+    answers its first request with that error.
+    """
+    if runner is not None:
+        return SessionWorker(runner, contract, limits)
+    env = None
+    try:
+        env = make_env()
+        runner = EnvRunner(env)
+        if runner.contract != contract:
+            raise RuntimeError(f"the env factory made an env with a different contract: {runner.contract}")
+    except Exception as error:
+        if env is not None:
+            try:
+                env.close()
+            except Exception:
+                log.exception("env.close() raised")
+        return SessionWorker(None, contract, limits, failure=error)
+    return SessionWorker(runner, contract, limits)
+
+
+def serve_session(
+    worker_factory: Callable[[], SessionWorker],
+    endpoint: str,
+    worker_id: bytes,
+    context: zmq.Context | None = None,
+    parent_pid: int | None = None,
+) -> None:
+    """Run one session: build the worker, then answer requests from the front until done.
+
+    Args:
+        worker_factory: Builds the :class:`SessionWorker` (and its env) in this thread.
+        endpoint: The front's backend ROUTER.
+        worker_id: This worker's routing id on the backend.
+        context: The ZeroMQ context (the shared one when None).
+        parent_pid: In a child process, the server's pid: the worker ends if it goes away.
+    """
+    socket = configure((context or shared_context()).socket(zmq.DEALER))
+    socket.setsockopt(zmq.ROUTING_ID, worker_id)
+    socket.connect(endpoint)
+    worker: SessionWorker | None = None
+    try:
+        worker = worker_factory()
+        socket.send(READY)
+        while not worker.finished:
+            if parent_pid is not None and not socket.poll(_PARENT_CHECK_MS):
+                if os.getppid() != parent_pid:
+                    break  # the server died: nobody is left to answer
+                continue
+            frames = socket.recv_multipart(copy=False)
+            if len(frames) == 1 and frames[0].bytes == STOP:
+                break
+            reply = worker.handle(frames)
+            socket.send_multipart(reply, copy=len(reply) == 1)
+    except zmq.ContextTerminated:
+        pass
+    finally:
+        if worker is not None:
+            worker.close()
+        try:
+            socket.send(DONE, zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+        socket.close(linger=1000 if parent_pid is not None else 0)
+
+
+def start_thread_worker(
+    worker_factory: Callable[[], SessionWorker], endpoint: str, worker_id: bytes
+) -> threading.Thread:
+    """Serve one session in a daemon thread of this process."""
+    thread = threading.Thread(
+        target=serve_session, args=(worker_factory, endpoint, worker_id), name="rlmesh-session", daemon=True
+    )
+    thread.start()
+    return thread
+
+
+def process_worker_main(
+    make_env: Callable[[], Any],
+    contract: dict[str, Any],
+    limits: Limits,
+    endpoint: str,
+    worker_id: bytes,
+    parent_pid: int,
+) -> None:
+    """Entry point of a session's child process (picklable arguments only)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server stops its children itself
+    logging.basicConfig(level=logging.INFO, format="rlmesh %(levelname)s %(message)s")
+    parsed = EnvContract.from_dict(contract)
+    context = zmq.Context()
+    try:
+        serve_session(lambda: build_worker(make_env, parsed, limits), endpoint, worker_id, context, parent_pid)
+    finally:
+        context.term()
