@@ -48,6 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="after each reply, spin this many microseconds for the next request (CPU for latency)",
     )
+    serve.add_argument(
+        "--isolation",
+        choices=("thread", "process"),
+        default="thread",
+        help="run each session's env in its own thread (default) or child process",
+    )
+    serve.add_argument("--max-sessions", type=int, default=256, help="most concurrent client sessions")
+    serve.add_argument(
+        "--send-timeout", type=float, default=10.0, help="drop a client that has not read its replies this long"
+    )
     serve.add_argument("--quiet", action="store_true", help="do not print the bound address")
     serve.add_argument("--debug", action="store_true", help="print the full traceback of an error")
     ray = serve.add_argument_group("Ray", "host the --servers as Ray actors on a cluster (needs rlmesh[ray])")
@@ -110,6 +120,9 @@ def serve_command(args: argparse.Namespace) -> int:
         allow_remote_shutdown=args.allow_remote_shutdown,
         idle_timeout_seconds=args.idle_timeout,
         busy_poll_seconds=args.busy_poll_us / 1e6,
+        isolation=args.isolation,
+        max_sessions=args.max_sessions,
+        send_timeout_seconds=args.send_timeout,
     )
     server = EnvServer(factory, args.address, options=options)
 

@@ -68,8 +68,8 @@ _SWEEP_INTERVAL_S = 0.05
 # A well-behaved client has one request in flight; these bound what a flooding one costs.
 _MAX_IN_FLIGHT = 8
 _MAX_QUEUED = 64
-# Per-peer queue of received messages inside libzmq (each at most max_message_bytes).
-_RECEIVE_HWM = 64
+# Messages libzmq queues per peer and direction (each at most max_message_bytes).
+_PEER_HWM = 64
 ISOLATION_MODES = ("thread", "process")
 
 
@@ -263,7 +263,8 @@ class EnvServer:
         self._socket = configure(shared_context().socket(zmq.ROUTER))
         self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._socket.setsockopt(zmq.MAXMSGSIZE, self.options.max_message_bytes + 4096)
-        self._socket.setsockopt(zmq.RCVHWM, _RECEIVE_HWM)
+        self._socket.setsockopt(zmq.RCVHWM, _PEER_HWM)
+        self._socket.setsockopt(zmq.SNDHWM, _PEER_HWM)
         self._backend = shared_context().socket(zmq.ROUTER)
         self._backend.setsockopt(zmq.LINGER, 0)
         self._backend.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -440,7 +441,7 @@ class EnvServer:
         session.last_seen = time.monotonic()
         if op == p.CLOSE:
             session.closing = True
-        if session.ready and not session.queued and len(session.in_flight) < _MAX_IN_FLIGHT:
+        if self._can_forward(session) and not session.queued:
             self._forward(session, request_id, frames)
         elif len(session.queued) < _MAX_QUEUED:
             session.queued.append((request_id, frames))
@@ -563,10 +564,17 @@ class EnvServer:
             session.in_flight.popleft()
         if self._sessions.get(session.identity) is session:
             self._reply(session.identity, frames[1:], session)
+            if session.closing and not session.in_flight:
+                del self._sessions[session.identity]  # closed: its slot is free again
         self._flush_queue(session)
 
+    @staticmethod
+    def _can_forward(session: _Session) -> bool:
+        # A client that does not read its replies gets no more work done for it.
+        return session.ready and len(session.in_flight) < _MAX_IN_FLIGHT and not session.unsent
+
     def _flush_queue(self, session: _Session) -> None:
-        while session.ready and session.queued and len(session.in_flight) < _MAX_IN_FLIGHT:
+        while session.queued and self._can_forward(session):
             request_id, frames = session.queued.popleft()
             self._forward(session, request_id, frames)
 
@@ -604,6 +612,7 @@ class EnvServer:
                 return
             session.unsent.popleft()
         session.blocked_since = None
+        self._flush_queue(session)
 
     # -- session ends -------------------------------------------------------------------
     def _end_session(self, session: _Session, why: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from typing import Any
 
 import gymnasium as gym
@@ -157,3 +159,26 @@ def make_dict_env() -> gym.Env:
 def make_image_env(render_mode: str | None = None) -> gym.Env:
     """Factory used through ``rlmesh serve envs:make_image_env``."""
     return ImageEnv(render_mode=render_mode)
+
+
+class SleepyEnv(CrashingEnv):
+    """CartPole-like spaces; action 1 sleeps half a second, action 0 returns at once."""
+
+    def step(self, action: Any) -> Any:
+        if int(action) == 1:
+            time.sleep(0.5)
+        return np.zeros(4, np.float32), 1.0, False, False, {}
+
+
+class ExitingEnv(CrashingEnv):
+    """CartPole-like spaces; action 1 ends the whole process with ``os._exit(1)``."""
+
+    def step(self, action: Any) -> Any:
+        if int(action) == 1:
+            os._exit(1)
+        return np.zeros(4, np.float32), 1.0, False, False, {"pid": os.getpid()}
+
+
+def make_exiting_env() -> gym.Env:
+    """Picklable factory for process isolation tests."""
+    return ExitingEnv()
