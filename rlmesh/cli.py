@@ -1,4 +1,4 @@
-"""The ``rlmesh`` command line: ``rlmesh serve SOURCE --address ...``."""
+"""The ``rlmesh`` command line: ``rlmesh serve SOURCE --address ...`` and ``rlmesh keygen DIR``."""
 
 from __future__ import annotations
 
@@ -49,6 +49,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="after each reply, spin this many microseconds for the next request (CPU for latency)",
     )
     serve.add_argument(
+        "--curve-secret-key", default=None, metavar="PATH", help="serve with CURVE: this server's .key_secret file"
+    )
+    serve.add_argument(
+        "--curve-authorized-keys",
+        default=None,
+        metavar="DIR",
+        help="with CURVE, accept only clients whose public key is a *.key file in DIR",
+    )
+    serve.add_argument(
+        "--allow-insecure",
+        action="store_true",
+        help="allow a non-loopback tcp address without CURVE (anyone who reaches it can drive the env)",
+    )
+    serve.add_argument(
+        "--send-tracebacks",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="send env tracebacks to clients (auto: only on loopback and unix addresses)",
+    )
+    serve.add_argument(
         "--isolation",
         choices=("thread", "process"),
         default="thread",
@@ -64,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     ray.add_argument("--ray", action="store_true", help="start the servers as Ray actors; --address is not used")
     ray.add_argument("--ray-address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS or a local Ray)")
     ray.add_argument("--cpus-per-server", type=float, default=1.0, help="Ray CPUs reserved per server")
+    keygen = commands.add_parser("keygen", help="write a CURVE keypair (pyzmq certificate format)")
+    keygen.add_argument("directory", help="where to write NAME.key (public) and NAME.key_secret (secret, mode 0600)")
+    keygen.add_argument("--name", default="rlmesh", help="file stem of the keypair (default: rlmesh)")
     return parser
 
 
@@ -95,6 +118,16 @@ def display_address(bound: str, requested: str) -> str:
     return bound
 
 
+def keygen_command(args: argparse.Namespace) -> int:
+    """Run ``rlmesh keygen``; returns the exit code."""
+    from rlmesh.security import generate_keypair, load_public_key
+
+    public, secret = generate_keypair(args.directory, args.name)
+    print(f"public key:  {public}  ({load_public_key(public).decode()})")
+    print(f"secret key:  {secret}  (keep it private)")
+    return 0
+
+
 def serve_command(args: argparse.Namespace) -> int:
     """Run ``rlmesh serve``; returns the exit code."""
     from rlmesh.server import EnvServer, ServeOptions
@@ -123,6 +156,10 @@ def serve_command(args: argparse.Namespace) -> int:
         isolation=args.isolation,
         max_sessions=args.max_sessions,
         send_timeout_seconds=args.send_timeout,
+        curve_secret_key=args.curve_secret_key,
+        curve_authorized_keys=args.curve_authorized_keys,
+        allow_insecure=args.allow_insecure,
+        send_tracebacks={"auto": None, "yes": True, "no": False}[args.send_tracebacks],
     )
     server = EnvServer(factory, args.address, options=options)
 
@@ -186,6 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     # Like ``python -m``: a ``module:callable`` source resolves from the current directory.
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
+    if args.command == "keygen":
+        try:
+            return keygen_command(args)
+        except (OSError, ValueError) as error:
+            print(f"rlmesh keygen: error: {error}", file=sys.stderr)
+            return 2
     if args.command == "serve":
         try:
             return serve_command(args)

@@ -17,6 +17,7 @@ from rlmesh.checks import Checker, make_action_checker, make_observation_checker
 from rlmesh.connection import DEFAULT_BUSY_POLL_SECONDS
 from rlmesh.errors import EndpointConnectionError
 from rlmesh.fanout import EndpointGroup
+from rlmesh.security import KeySource, client_curve
 from rlmesh.spaces import Space, batch_spec, space_from_spec
 from rlmesh.specs import EnvContract
 
@@ -43,6 +44,8 @@ class _RemoteBase(Generic[ObsT, ActT]):
         validate_actions: bool = True,
         validate_observations: bool = False,
         busy_poll_seconds: float = DEFAULT_BUSY_POLL_SECONDS,
+        curve_server_key: KeySource | None = None,
+        curve_secret_key: str | os.PathLike[str] | None = None,
     ) -> None:
         self._group: EndpointGroup | None = None
         joined = isinstance(address, list | tuple)
@@ -55,6 +58,7 @@ class _RemoteBase(Generic[ObsT, ActT]):
         )
         if not connect_timeout_seconds > 0:
             raise ValueError(f"connect_timeout_seconds must be positive, got {connect_timeout_seconds!r}")
+        curve = client_curve(curve_server_key, curve_secret_key)
         self.address = endpoints[0] if len(endpoints) == 1 else ", ".join(endpoints)
         self._group = EndpointGroup(
             endpoints,
@@ -63,6 +67,7 @@ class _RemoteBase(Generic[ObsT, ActT]):
             connect_timeout_seconds=connect_timeout_seconds,
             request_timeout_seconds=request_timeout_seconds,
             busy_poll_seconds=busy_poll_seconds,
+            curve=curve,
         )
         self._contract = self._group.contract
         try:
@@ -215,10 +220,15 @@ class RemoteEnvBase(_RemoteBase[ObsT, ActT]):
         busy_poll_seconds: Spin up to this long for each reply before sleeping (default 1 ms;
             0 disables). Halves round-trip latency where thread wake-ups are slow, at the cost
             of a busy core while a reply is awaited.
+        curve_server_key: The server's CURVE public key (z85 text or its certificate file);
+            with ``curve_secret_key``, authenticates and encrypts the connection.
+        curve_secret_key: This client's secret certificate file (``rlmesh keygen``); the
+            server must list its public key.
 
     Raises:
-        ConnectionError: the endpoint could not be reached within the connect timeout.
-        ValueError: the endpoint serves a vector env.
+        ConnectionError: the endpoint could not be reached within the connect timeout, or
+            refused the CURVE handshake (the message says why).
+        ValueError: the endpoint serves a vector env, or only one CURVE key was given.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -251,8 +261,8 @@ class RemoteVectorEnvBase(_RemoteBase[ObsT, ActT]):
     addresses, each serving a vector or a single env, joined into one vector env whose lanes
     are the endpoints' lanes in order (``reset(seed=s)`` gives lane i the seed ``s + i``).
     Each call is sent to every endpoint before any reply is awaited, so endpoints step in
-    parallel. Lanes autoreset with Gymnasium's NEXT_STEP mode: the step after a lane
-    finishes returns its reset observation.
+    parallel (CURVE keys, when given, are used with every endpoint). Lanes autoreset with
+    Gymnasium's NEXT_STEP mode: the step after a lane finishes returns its reset observation.
 
     ``step_async``/``step_wait`` (and ``reset_async``/``reset_wait``) split a call in two so
     the caller can work while the endpoints step.

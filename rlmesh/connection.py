@@ -14,6 +14,7 @@ from zmq.utils.monitor import parse_monitor_message
 from rlmesh import protocol as p
 from rlmesh.codec import DEFAULT_LIMITS, Limits, encode_message
 from rlmesh.errors import EndpointConnectionError, EndpointTimeoutError
+from rlmesh.security import HANDSHAKE_FAILED_EVENTS, ClientCurve, handshake_failure_message
 from rlmesh.tensor import Tensor
 from rlmesh.transport import HEARTBEAT_TIMEOUT_MS, configure, receive_message, shared_context
 
@@ -42,7 +43,11 @@ class Connection:
     """
 
     def __init__(
-        self, endpoint: str, limits: Limits = DEFAULT_LIMITS, busy_poll_seconds: float = DEFAULT_BUSY_POLL_SECONDS
+        self,
+        endpoint: str,
+        limits: Limits = DEFAULT_LIMITS,
+        busy_poll_seconds: float = DEFAULT_BUSY_POLL_SECONDS,
+        curve: ClientCurve | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.limits = limits
@@ -54,7 +59,11 @@ class Connection:
         context = shared_context()
         self._socket = configure(context.socket(zmq.DEALER))
         self._socket.setsockopt(zmq.ROUTING_ID, uuid.uuid4().bytes)
-        self._monitor = self._socket.get_monitor_socket(_CONNECTED | _DISCONNECTED)
+        self.curve = curve
+        if curve is not None:
+            curve.apply(self._socket)
+        self._handshake_failure: int | None = None
+        self._monitor = self._socket.get_monitor_socket(_CONNECTED | _DISCONNECTED | HANDSHAKE_FAILED_EVENTS)
         self._poller = zmq.Poller()
         self._poller.register(self._socket, zmq.POLLIN)
         self._poller.register(self._monitor, zmq.POLLIN)
@@ -99,6 +108,10 @@ class Connection:
         with self._lock:
             if self.closed:
                 raise EndpointConnectionError(f"the connection to {self.endpoint} is closed")
+            if self._handshake_failure is not None:
+                raise EndpointConnectionError(
+                    handshake_failure_message(self.endpoint, self._handshake_failure, self.curve)
+                )
             request_id = self._next_id
             self._next_id += 1
             frames = encode_message(op, request_id, payload, encode_leaf, self.send_limits)
@@ -154,6 +167,10 @@ class Connection:
             if self._monitor in events:
                 was_connected = self._connected
                 self._read_monitor()
+                if self._handshake_failure is not None:
+                    raise EndpointConnectionError(
+                        handshake_failure_message(self.endpoint, self._handshake_failure, self.curve)
+                    )
                 dropped = self._disconnects != disconnects
                 if (dropped or (not self._connected and was_connected)) and not connecting:
                     # Even when already reconnected: the request died with the old connection.
@@ -214,6 +231,9 @@ class Connection:
             elif event == _DISCONNECTED:
                 self._connected = False
                 self._disconnects += 1
+            elif event & HANDSHAKE_FAILED_EVENTS:
+                self._connected = False
+                self._handshake_failure = event
 
     def close(self) -> None:
         """Close the socket and its monitor. Idempotent."""

@@ -36,6 +36,7 @@ Each episode is capped at ``max_episode_steps`` steps (default :data:`DEFAULT_MA
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -46,6 +47,7 @@ import numpy as np
 
 from rlmesh.bridges import NUMPY_BRIDGE, Bridge
 from rlmesh.client import RemoteEnvBase, RemoteVectorEnvBase, _RemoteBase
+from rlmesh.security import KeySource
 from rlmesh.specs import EnvContract
 from rlmesh.tensor import Tensor
 
@@ -255,9 +257,14 @@ def _from_gymnasium(env: Any) -> _Env:
     )
 
 
-def _open_env(env: Any, bridge: Bridge) -> _Env:
+def _open_env(env: Any, bridge: Bridge, **client_kwargs: Any) -> _Env:
     if isinstance(env, str):
-        return _from_client(open_client(env, bridge), owned=True)
+        return _from_client(open_client(env, bridge, **client_kwargs), owned=True)
+    given = sorted(name for name, value in client_kwargs.items() if value is not None)
+    if given:
+        raise ValueError(
+            f"{', '.join(given)} apply only when env is an address; pass them to the client you opened instead"
+        )
     if isinstance(env, _RemoteBase):
         return _from_client(env, owned=False)
     client = getattr(env, "client", None)
@@ -466,6 +473,8 @@ def evaluate(
     max_episodes: int | None = None,
     max_episode_steps: int | None = None,
     progress: bool | None = None,
+    curve_server_key: KeySource | None = None,
+    curve_secret_key: str | os.PathLike[str] | None = None,
 ) -> RunResult:
     """Play episodes of ``env`` with ``model`` and measure them (see the module docstring).
 
@@ -478,6 +487,8 @@ def evaluate(
         max_episode_steps: Per-episode step cap (ends the episode as truncated); default
             :data:`DEFAULT_MAX_EPISODE_STEPS`.
         progress: Show a tqdm bar; default: when stderr is a terminal and tqdm is installed.
+        curve_server_key: With an address: the server's CURVE public key (see ``RemoteEnv``).
+        curve_secret_key: With an address: this client's CURVE secret certificate file.
 
     Returns:
         The frozen :class:`RunResult`.
@@ -493,7 +504,7 @@ def evaluate(
     count = _check_count("max_episodes", max_episodes) or max(len(seed_list), 1)
     cap = _check_count("max_episode_steps", max_episode_steps) or DEFAULT_MAX_EPISODE_STEPS
     bar = _Progress(progress)  # raises the install hint before connecting
-    opened = _open_env(env, model.bridge)
+    opened = _open_env(env, model.bridge, curve_server_key=curve_server_key, curve_secret_key=curve_secret_key)
     try:
         model._bind(opened.contract)
         model._ensure_loaded()

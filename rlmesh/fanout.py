@@ -17,6 +17,7 @@ from rlmesh import protocol as p
 from rlmesh.bridges import Bridge
 from rlmesh.connection import Connection
 from rlmesh.errors import AsyncCallError, EndpointConnectionError, RLMeshError
+from rlmesh.security import ClientCurve
 from rlmesh.specs import EnvContract
 from rlmesh.tensor import Tensor
 
@@ -24,7 +25,12 @@ _DETACH_TIMEOUT_S = 1.0
 
 
 def open_session(
-    address: str, backend: str, *, connect_timeout_seconds: float, busy_poll_seconds: float
+    address: str,
+    backend: str,
+    *,
+    connect_timeout_seconds: float,
+    busy_poll_seconds: float,
+    curve: ClientCurve | None = None,
 ) -> tuple[Connection, EnvContract]:
     """Connect to ``address`` and shake hands; returns the connection and the endpoint's contract.
 
@@ -32,7 +38,7 @@ def open_session(
         EndpointConnectionError: the endpoint could not be reached within the timeout.
         ProtocolError: the endpoint speaks another protocol version.
     """
-    connection = Connection(address, busy_poll_seconds=busy_poll_seconds)
+    connection = Connection(address, busy_poll_seconds=busy_poll_seconds, curve=curve)
     try:
         hello = connection.request(
             p.HELLO,
@@ -72,6 +78,7 @@ class EndpointGroup:
         connect_timeout_seconds: Handshake limit per endpoint.
         request_timeout_seconds: Reply limit per request (None: wait).
         busy_poll_seconds: Reply spin time per connection.
+        curve: CURVE keys used with every endpoint (None: no CURVE).
 
     Raises:
         ValueError: the endpoints' spaces differ (names the first endpoint that differs).
@@ -86,6 +93,7 @@ class EndpointGroup:
         connect_timeout_seconds: float,
         request_timeout_seconds: float | None,
         busy_poll_seconds: float,
+        curve: ClientCurve | None = None,
     ) -> None:
         self.bridge = bridge
         self.request_timeout_seconds = request_timeout_seconds
@@ -99,6 +107,7 @@ class EndpointGroup:
                     bridge.name,
                     connect_timeout_seconds=connect_timeout_seconds,
                     busy_poll_seconds=busy_poll_seconds,
+                    curve=curve,
                 )
                 member = _Member(address, connection, contract, start)
                 self.members.append(member)

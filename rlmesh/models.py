@@ -26,6 +26,7 @@ the env's action space before they are sent, so a bad action is a local
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, final
 
@@ -34,6 +35,7 @@ import numpy as np
 from rlmesh.bridges import TENSOR_BRIDGE, Bridge
 from rlmesh.errors import InvalidActionError
 from rlmesh.evaluation import EpisodeResult, RunResult, evaluate
+from rlmesh.security import KeySource
 from rlmesh.specs import EnvContract, SpaceSpec
 from rlmesh.tensor import Tensor
 
@@ -542,6 +544,8 @@ class ModelBase(Generic[ObsT, ActT]):
         max_episodes: int | None = None,
         max_episode_steps: int | None = None,
         progress: bool | None = None,
+        curve_server_key: KeySource | None = None,
+        curve_secret_key: str | os.PathLike[str] | None = None,
     ) -> RunResult:
         """Play and measure episodes of ``env``; see :func:`rlmesh.evaluation.evaluate`.
 
@@ -553,12 +557,21 @@ class ModelBase(Generic[ObsT, ActT]):
             max_episode_steps: Steps after which an episode ends as truncated (default
                 100,000, so a policy that never finishes cannot hang the run).
             progress: tqdm progress bar; default when stderr is a terminal.
+            curve_server_key: With an address: the server's CURVE public key (z85 or file).
+            curve_secret_key: With an address: this client's CURVE secret certificate file.
 
         Returns:
             A frozen :class:`RunResult`.
         """
         return evaluate(
-            self, env, seeds=seeds, max_episodes=max_episodes, max_episode_steps=max_episode_steps, progress=progress
+            self,
+            env,
+            seeds=seeds,
+            max_episodes=max_episodes,
+            max_episode_steps=max_episode_steps,
+            progress=progress,
+            curve_server_key=curve_server_key,
+            curve_secret_key=curve_secret_key,
         )
 
     def __repr__(self) -> str:
@@ -664,12 +677,15 @@ def run(
     max_episodes: int | None = None,
     max_episode_steps: int | None = None,
     progress: bool | None = None,
+    curve_server_key: KeySource | None = None,
+    curve_secret_key: str | os.PathLike[str] | None = None,
 ) -> RunResult:
     """Evaluate ``model`` (or the :data:`RANDOM_SAMPLE` baseline) on ``env``.
 
     Same as ``model.run(env, ...)``; with ``RANDOM_SAMPLE`` the actions are uniform samples of
     the env's action space, seeded with the first non-None seed (so runs with the same seeds
-    repeat exactly).
+    repeat exactly). Given an address, ``curve_server_key``/``curve_secret_key`` reach the
+    client it opens, as in ``RemoteEnv``.
 
     Raises:
         TypeError: ``model`` is neither a model nor ``RANDOM_SAMPLE``.
@@ -683,5 +699,11 @@ def run(
             f"got {type(model).__name__} {model!r:.80}"
         )
     return model.run(
-        env, seeds=seeds, max_episodes=max_episodes, max_episode_steps=max_episode_steps, progress=progress
+        env,
+        seeds=seeds,
+        max_episodes=max_episodes,
+        max_episode_steps=max_episode_steps,
+        progress=progress,
+        curve_server_key=curve_server_key,
+        curve_secret_key=curve_secret_key,
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import traceback
+import traceback as _traceback
 from typing import Any
 
 from rlmesh.errors import (
@@ -63,23 +63,27 @@ ERROR_TYPES: dict[str, type[RLMeshError]] = {
 }
 
 
-def error_payload(code: str, message: str, error: BaseException | None = None) -> dict[str, Any]:
-    """The body of an error reply, with the remote traceback when there is an exception."""
+def error_payload(
+    code: str, message: str, error: BaseException | None = None, *, traceback: bool = True
+) -> dict[str, Any]:
+    """The body of an error reply: the exception's type, and its traceback when ``traceback``."""
     payload: dict[str, Any] = {"code": code, "message": message}
     if error is not None:
         payload["remote_type"] = f"{type(error).__module__}.{type(error).__qualname__}"
-        payload["traceback"] = "".join(traceback.format_exception(error))
+        if traceback:
+            payload["traceback"] = "".join(_traceback.format_exception(error))
     return payload
 
 
-def reply_for(error: BaseException) -> dict[str, Any]:
+def reply_for(error: BaseException, traceback: bool = True) -> dict[str, Any]:
     """The error reply body for an exception raised while serving a request.
 
-    rlmesh errors carry their own code; anything else was raised by the env.
+    rlmesh errors carry their own code; anything else was raised by the env (with its
+    traceback when ``traceback``).
     """
     if isinstance(error, RLMeshError) and error.code in ERROR_TYPES and not isinstance(error, RemoteEnvError):
         return error_payload(error.code, str(error))
-    return error_payload(E_ENV, f"{type(error).__name__}: {error}", error)
+    return error_payload(E_ENV, f"{type(error).__name__}: {error}", error, traceback=traceback)
 
 
 def error_from_payload(payload: Any, endpoint: str) -> RLMeshError:

@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +47,7 @@ from rlmesh.errors import (
     ServerShuttingDownError,
     SessionClosedError,
 )
+from rlmesh.security import EndpointSecurity, KeySource
 from rlmesh.sessions import (
     DONE,
     READY,
@@ -96,6 +97,16 @@ class ServeOptions:
         isolation: ``"thread"`` runs each session's env in its own thread; ``"process"`` (env
             factories only) in its own child process, so sessions use several cores and an
             env that crashes ends its own session only.
+        curve_secret_key: The server's secret certificate file (``rlmesh keygen``); with
+            ``curve_authorized_keys``, clients must authenticate with CURVE and traffic is
+            encrypted.
+        curve_authorized_keys: The client public keys accepted: a directory of ``*.key``
+            certificates, or a sequence of certificate paths and z85 keys.
+        allow_insecure: Serve a non-loopback tcp address without CURVE (logs a warning);
+            otherwise that is refused with a ValueError before binding.
+        send_tracebacks: Include the server's traceback in env error replies. None (default):
+            only on loopback and unix endpoints; elsewhere clients get the exception type and
+            message.
     """
 
     allow_remote_shutdown: bool = False
@@ -108,6 +119,10 @@ class ServeOptions:
     max_sessions: int = 256
     send_timeout_seconds: float = 10.0
     isolation: str = "thread"
+    curve_secret_key: str | os.PathLike[str] | None = None
+    curve_authorized_keys: str | os.PathLike[str] | Sequence[KeySource] | None = None
+    allow_insecure: bool = False
+    send_tracebacks: bool | None = None
 
     def __post_init__(self) -> None:
         for name in ("idle_timeout_seconds", "drain_timeout_seconds", "close_timeout_seconds"):
@@ -212,6 +227,15 @@ class EnvServer:
             port = 0
         endpoint = resolve_address(address, host=host, port=port, path=path, transport=transport)
         self.options = options or ServeOptions()
+        # Checked before anything is made or bound: an insecure non-local bind is refused here.
+        self._security = EndpointSecurity.for_endpoint(
+            endpoint,
+            curve_secret_key=self.options.curve_secret_key,
+            curve_authorized_keys=self.options.curve_authorized_keys,
+            allow_insecure=self.options.allow_insecure,
+            send_tracebacks=self.options.send_tracebacks,
+        )
+        self._tracebacks = self._security.send_tracebacks
         self._limits = Limits(self.options.max_message_bytes, self.options.max_tensors)
         self._factory = _as_factory(env)
         self._processes = self.options.isolation == "process"
@@ -274,17 +298,19 @@ class EnvServer:
             path_ = ipc_path(endpoint)
             if path_:
                 claim_ipc_path(path_)
+            self._security.apply(self._socket)
             self._socket.bind(endpoint)
             self.address: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
             if path_:
                 self._ipc_file = (path_, file_identity(path_))
             self._backend_endpoint = self._bind_backend()
-        except (zmq.ZMQError, OSError) as error:
+        except (zmq.ZMQError, OSError, RuntimeError) as error:
             self._socket.close()
             self._backend.close()
+            self._security.close()
             self._remove_backend_dir()
             self._close_runner(runner)
-            if isinstance(error, OSError):
+            if not isinstance(error, zmq.ZMQError):
                 raise
             raise OSError(f"cannot bind {endpoint}: {error}") from None
 
@@ -418,7 +444,7 @@ class EnvServer:
             check_frames(header, frames[2:])
             self._route(identity, header, frames)
         except Exception as error:
-            self._reply(identity, encode_message(p.ERROR, request_id, p.reply_for(error)))
+            self._reply(identity, encode_message(p.ERROR, request_id, p.reply_for(error, self._tracebacks)))
 
     def _route(self, identity: bytes, header: Header, frames: list[Any]) -> None:
         session = self._sessions.get(identity)
@@ -430,7 +456,7 @@ class EnvServer:
                 if session is None:
                     return  # waiting for a single env object to be released
         elif op == p.SHUTDOWN:
-            self._reply(identity, encode_message(p.OK, request_id, self._shutdown_request(header)))
+            self._reply(identity, encode_message(p.OK, request_id, self._shutdown_request(header, session)))
             return
         elif op not in p.OPS:
             raise BadRequestError(f"unknown op {op!r}; expected one of {sorted(p.OPS)}")
@@ -459,11 +485,14 @@ class EnvServer:
         """The payload of a control request (no tensors expected: their placeholders fail)."""
         return decode_body(header.body, (), None, self._limits)
 
-    def _shutdown_request(self, header: Header) -> dict[str, Any]:
+    def _shutdown_request(self, header: Header, session: _Session | None) -> dict[str, Any]:
         payload = self._small_payload(header)
         reason = payload.get("reason", "") if isinstance(payload, dict) else ""
         if not self.options.allow_remote_shutdown:
             return {"accepted": False, "message": "remote shutdown is disabled on this server"}
+        if session is None or session.closing:
+            # Under CURVE only authorised keys get this far; a session proves a handshake.
+            return {"accepted": False, "message": "remote shutdown needs a session: connect (handshake) first"}
         log.info("remote shutdown requested: %s", reason)
         self._stop.set()
         return {"accepted": True, "message": "shutting down"}
@@ -495,10 +524,19 @@ class EnvServer:
 
     def _worker_factory(self) -> Callable[[], SessionWorker]:
         if self._shared_runner is not None:
-            return functools.partial(SessionWorker, self._shared_runner, self.contract, self._limits, owns_env=False)
+            return functools.partial(
+                SessionWorker,
+                self._shared_runner,
+                self.contract,
+                self._limits,
+                owns_env=False,
+                send_tracebacks=self._tracebacks,
+            )
         assert self._factory is not None
         spare, self._spare = self._spare, None
-        return functools.partial(build_worker, self._factory, self.contract, self._limits, spare)
+        return functools.partial(
+            build_worker, self._factory, self.contract, self._limits, spare, send_tracebacks=self._tracebacks
+        )
 
     def _claim_shared_env(self, identity: bytes, frames: list[Any]) -> bool:
         """Whether ``identity`` may take the single env object now (else it waits or is refused)."""
@@ -532,6 +570,7 @@ class EnvServer:
                 self._backend_endpoint,
                 session.worker_id,
                 os.getpid(),
+                self._tracebacks,
             ),
             name="rlmesh-session",
             daemon=True,
@@ -743,6 +782,7 @@ class EnvServer:
             self._close_runner(self._shared_runner)
             self._socket.close(linger=0)
             self._backend.close(linger=0)
+            self._security.close()
             self._remove_backend_dir()
             if self._ipc_file is not None:
                 remove_ipc_file(*self._ipc_file)

@@ -47,6 +47,7 @@ class SessionWorker:
         limits: Bounds on received requests (announced in the hello reply).
         owns_env: Whether ending the session closes the env (factory sessions).
         failure: The exception the env factory raised, answered to the first request.
+        send_tracebacks: Include tracebacks in env error replies (else type and message).
     """
 
     def __init__(
@@ -57,8 +58,10 @@ class SessionWorker:
         *,
         owns_env: bool = True,
         failure: BaseException | None = None,
+        send_tracebacks: bool = True,
     ) -> None:
         self.runner = runner
+        self.send_tracebacks = send_tracebacks
         self.contract = contract
         self.limits = limits
         self.owns_env = owns_env
@@ -79,8 +82,8 @@ class SessionWorker:
                 raise self.failure
             reply = self._dispatch(header.kind, payload)
         except Exception as error:
-            return encode_message(p.ERROR, request_id, p.reply_for(error))
-        return _encode_reply(request_id, reply)
+            return encode_message(p.ERROR, request_id, p.reply_for(error, self.send_tracebacks))
+        return _encode_reply(request_id, reply, self.send_tracebacks)
 
     def _dispatch(self, op: str, payload: Any) -> Any:
         runner = self.runner
@@ -135,7 +138,7 @@ def check_hello(payload: Any) -> None:
         )
 
 
-def _encode_reply(request_id: int, reply: Any) -> list[Any]:
+def _encode_reply(request_id: int, reply: Any, tracebacks: bool) -> list[Any]:
     try:
         return encode_message(p.OK, request_id, reply)
     except (TypeError, ValueError) as error:
@@ -143,13 +146,18 @@ def _encode_reply(request_id: int, reply: Any) -> list[Any]:
             frames = encode_message(p.OK, request_id, plain_data(reply))
         except (TypeError, ValueError):
             message = f"the env returned a value that cannot cross the wire: {error}"
-            return encode_message(p.ERROR, request_id, p.error_payload(p.E_ENV, message, error))
+            return encode_message(p.ERROR, request_id, p.error_payload(p.E_ENV, message, error, traceback=tracebacks))
         log.warning("reply held values that cannot cross the wire; sent their repr: %s", error)
         return frames
 
 
 def build_worker(
-    make_env: Callable[[], Any], contract: EnvContract, limits: Limits, runner: EnvRunner | None = None
+    make_env: Callable[[], Any],
+    contract: EnvContract,
+    limits: Limits,
+    runner: EnvRunner | None = None,
+    *,
+    send_tracebacks: bool = True,
 ) -> SessionWorker:
     """A worker for a fresh env from ``make_env`` (or for ``runner``, already built).
 
@@ -157,7 +165,7 @@ def build_worker(
     answers its first request with that error.
     """
     if runner is not None:
-        return SessionWorker(runner, contract, limits)
+        return SessionWorker(runner, contract, limits, send_tracebacks=send_tracebacks)
     env = None
     try:
         env = make_env()
@@ -170,8 +178,8 @@ def build_worker(
                 env.close()
             except Exception:
                 log.exception("env.close() raised")
-        return SessionWorker(None, contract, limits, failure=error)
-    return SessionWorker(runner, contract, limits)
+        return SessionWorker(None, contract, limits, failure=error, send_tracebacks=send_tracebacks)
+    return SessionWorker(runner, contract, limits, send_tracebacks=send_tracebacks)
 
 
 def serve_session(
@@ -237,6 +245,7 @@ def process_worker_main(
     endpoint: str,
     worker_id: bytes,
     parent_pid: int,
+    send_tracebacks: bool = True,
 ) -> None:
     """Entry point of a session's child process (picklable arguments only)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server stops its children itself
@@ -244,6 +253,12 @@ def process_worker_main(
     parsed = EnvContract.from_dict(contract)
     context = zmq.Context()
     try:
-        serve_session(lambda: build_worker(make_env, parsed, limits), endpoint, worker_id, context, parent_pid)
+        serve_session(
+            lambda: build_worker(make_env, parsed, limits, send_tracebacks=send_tracebacks),
+            endpoint,
+            worker_id,
+            context,
+            parent_pid,
+        )
     finally:
         context.term()
