@@ -5,17 +5,21 @@ Measures, with the env server in a separate process:
   * a raw pyzmq DEALER/ROUTER round trip of a ~100-byte msgpack message (this stack's floor);
   * an in-process ``gymnasium`` CartPole step;
   * a 16-lane vector endpoint's env-steps per second against an in-process SyncVectorEnv(16);
-  * the original RLMesh 0.1.0 (PyPI), from its own venv, when it can be installed.
+  * the original RLMesh 0.1.0 (PyPI), from its own venv, when it can be installed;
+  * the cost of CURVE (authentication and encryption): a CartPole step and an 84x84x4 uint8
+    step over tcp loopback with and without CURVE, alternating servers over a few rounds.
 
 Targets (issue 2): step within 1.5x of the raw floor; 16 lanes at >= 50% of in-process.
 
-Usage: python benchmarks/step_latency.py [--iterations 3000] [--skip-original]
+Usage: python benchmarks/step_latency.py [--iterations 3000] [--skip-original] [--curve-only]
+(--curve-only measures only the CURVE table and writes results/step_latency_curve.json.)
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 import gymnasium as gym
@@ -28,6 +32,10 @@ import harness
 import original_rlmesh
 
 import rlmesh.numpy as rn
+from rlmesh.security import generate_keypair
+
+BENCH_DIR = str(Path(__file__).resolve().parent)
+FRAME_ENV = ("decode_latency:make_fixed_env", "--kwarg", "shape=[84,84,4]", "--kwarg", 'dtype="uint8"')
 
 ORIGINAL_SCRIPT = r"""
 import json, sys, time, multiprocessing as mp
@@ -107,9 +115,45 @@ def time_single_steps(env: object, iterations: int) -> dict[str, float]:
     return harness.time_calls(step, iterations=iterations)
 
 
-def remote_single(address: str, iterations: int) -> dict[str, float]:
-    with rn.RemoteEnv(address) as env:
+def remote_single(address: str, iterations: int, **client_kwargs: object) -> dict[str, float]:
+    with rn.RemoteEnv(address, **client_kwargs) as env:  # type: ignore[arg-type]
         return time_single_steps(env, iterations)
+
+
+def curve_cost(iterations: int, rounds: int = 3) -> list[dict[str, object]]:
+    """Step latency with and without CURVE, servers alternating; the best round's median of each."""
+    rows: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory() as keys:
+        server_public, server_secret = generate_keypair(keys, "server")
+        _, client_secret = generate_keypair(f"{keys}/clients", "bench")
+        server_args = ("--curve-secret-key", str(server_secret), "--curve-authorized-keys", f"{keys}/clients")
+        client_keys = {"curve_server_key": server_public, "curve_secret_key": client_secret}
+        for label, source in (("CartPole-v1", ("CartPole-v1",)), ("84x84x4 uint8", FRAME_ENV)):
+            best: dict[str, dict[str, float]] = {}
+            for _ in range(rounds):
+                for mode, args, kwargs in (("plain", (), {}), ("curve", server_args, client_keys)):
+                    with harness.rlmesh_server(*source, *args, pythonpath=[BENCH_DIR]) as address:
+                        stats = remote_single(address, iterations, **kwargs)
+                    if mode not in best or stats["median_us"] < best[mode]["median_us"]:
+                        best[mode] = stats
+            plain, curve = best["plain"], best["curve"]
+            rows.append(
+                {
+                    "env": label,
+                    "plain_median_us": plain["median_us"],
+                    "curve_median_us": curve["median_us"],
+                    "curve_added_us": curve["median_us"] - plain["median_us"],
+                    "x_plain": curve["median_us"] / plain["median_us"],
+                    "plain": plain,
+                    "curve": curve,
+                }
+            )
+    harness.print_table(
+        f"CURVE cost: step round trip over tcp loopback (best median of {rounds} alternating rounds)",
+        rows,
+        ["env", "plain_median_us", "curve_median_us", "curve_added_us", "x_plain"],
+    )
+    return rows
 
 
 def local_single(iterations: int) -> dict[str, float]:
@@ -140,8 +184,14 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=3000)
     parser.add_argument("--lanes", type=int, default=16)
     parser.add_argument("--skip-original", action="store_true", help="do not build or run the original rlmesh")
+    parser.add_argument("--curve-only", action="store_true", help="measure only the CURVE cost table")
     args = parser.parse_args()
     n = args.iterations
+    command = "python benchmarks/step_latency.py " + " ".join(sys.argv[1:])
+    if args.curve_only:
+        path = harness.write_json("step_latency_curve", {"command": command, "curve": curve_cost(n)})
+        print(f"wrote {path}")
+        return
 
     with harness.raw_echo_server() as address:
         floor = raw_floor(address, n)
@@ -224,10 +274,11 @@ def main() -> None:
         "vector_at_least_50pct_in_process": remote_vec["env_steps_per_s"] >= 0.5 * local_vec["env_steps_per_s"],
     }
     print(f"\ntargets: {verdict}")
+    curve = curve_cost(n)
     path = harness.write_json(
         "step_latency",
         {
-            "command": "python benchmarks/step_latency.py " + " ".join(sys.argv[1:]),
+            "command": command,
             "raw_floor": floor,
             "tcp": tcp,
             "unix": unix,
@@ -236,6 +287,7 @@ def main() -> None:
             "vector_in_process": local_vec,
             "original_rlmesh_0_1_0": original,
             "targets": verdict,
+            "curve": curve,
         },
     )
     print(f"wrote {path}")
