@@ -385,3 +385,22 @@ def test_keygen_then_serve_uses_the_key_files_as_written(tmp_path, serve_process
         server.address, curve_server_key=root / "server.key", curve_secret_key=root / "clients" / "me.key_secret"
     ) as env:
         play(env)
+
+
+def test_vector_env_over_several_curve_endpoints(curve_server, keys, serve) -> None:
+    first, second = curve_server(), curve_server(lambda: gym.make_vec("CartPole-v1", num_envs=2))
+    with rn.RemoteVectorEnv(
+        [first.address, second.address], curve_server_key=keys.server_key, curve_secret_key=keys.alice
+    ) as env:
+        assert env.num_envs == 3
+        env.reset(seed=0)
+        env.step(np.array([0, 1, 0]))
+    plain = serve("CartPole-v1")
+    with pytest.raises(rlmesh.EndpointConnectionError, match="does not use CURVE"):
+        rn.RemoteVectorEnv(
+            [first.address, plain.address],
+            curve_server_key=keys.server_key,
+            curve_secret_key=keys.alice,
+            connect_timeout_seconds=CONNECT_S,
+        )
+    serves_authorised(first.address, keys)
