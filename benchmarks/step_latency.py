@@ -120,8 +120,8 @@ def remote_single(address: str, iterations: int, **client_kwargs: object) -> dic
         return time_single_steps(env, iterations)
 
 
-def curve_cost(iterations: int, rounds: int = 3) -> list[dict[str, object]]:
-    """Step latency with and without CURVE, servers alternating; the best round's median of each."""
+def curve_cost(iterations: int, rounds: int = 4) -> list[dict[str, object]]:
+    """Step latency with and without CURVE, servers alternating (order too); the best round's median of each."""
     rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory() as keys:
         server_public, server_secret = generate_keypair(keys, "server")
@@ -130,8 +130,9 @@ def curve_cost(iterations: int, rounds: int = 3) -> list[dict[str, object]]:
         client_keys = {"curve_server_key": server_public, "curve_secret_key": client_secret}
         for label, source in (("CartPole-v1", ("CartPole-v1",)), ("84x84x4 uint8", FRAME_ENV)):
             best: dict[str, dict[str, float]] = {}
-            for _ in range(rounds):
-                for mode, args, kwargs in (("plain", (), {}), ("curve", server_args, client_keys)):
+            modes = [("plain", (), {}), ("curve", server_args, client_keys)]
+            for round_ in range(rounds):
+                for mode, args, kwargs in modes if round_ % 2 == 0 else modes[::-1]:
                     with harness.rlmesh_server(*source, *args, pythonpath=[BENCH_DIR]) as address:
                         stats = remote_single(address, iterations, **kwargs)
                     if mode not in best or stats["median_us"] < best[mode]["median_us"]:
@@ -149,7 +150,7 @@ def curve_cost(iterations: int, rounds: int = 3) -> list[dict[str, object]]:
                 }
             )
     harness.print_table(
-        f"CURVE cost: step round trip over tcp loopback (best median of {rounds} alternating rounds)",
+        f"CURVE cost: step round trip over tcp loopback (best median of {rounds} rounds, order alternating)",
         rows,
         ["env", "plain_median_us", "curve_median_us", "curve_added_us", "x_plain"],
     )
