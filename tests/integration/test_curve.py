@@ -151,6 +151,10 @@ def test_run_given_an_address_passes_the_curve_keys(curve_server, keys) -> None:
     assert result.num_episodes == 1
     with pytest.raises(rlmesh.EndpointConnectionError, match="requires CURVE authentication"):
         rlmesh.run(rlmesh.RANDOM_SAMPLE, server.address, seeds=[0], max_episode_steps=5)
+    local = gym.make("CartPole-v1")
+    with pytest.raises(ValueError, match="curve_secret_key, curve_server_key apply only when env is an address"):
+        rlmesh.run(rlmesh.RANDOM_SAMPLE, local, curve_server_key=keys.server_key, curve_secret_key=keys.alice)
+    local.close()
 
 
 # -- refused clients --------------------------------------------------------------------------
