@@ -184,7 +184,6 @@ def is_local_endpoint(endpoint: str) -> bool:
     if not endpoint.startswith("tcp://"):
         return False
     host = endpoint[len("tcp://") :].rpartition(":")[0]
-    host = host.rpartition(";")[2]  # a "source;destination" connect form names the destination last
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     if host == "localhost":

@@ -103,6 +103,7 @@ def test_curve_settings_allow_any_address(tmp_path) -> None:
         ("tcp://eth0:5555", False),
         ("tcp://example.org:5555", False),
         ("tcp://192.0.2.7:5555", False),
+        ("tcp://0.0.0.0;127.0.0.1:5555", False),
     ],
 )
 def test_local_endpoints(endpoint, local) -> None:
