@@ -408,3 +408,18 @@ def test_vector_env_over_several_curve_endpoints(curve_server, keys, serve) -> N
             connect_timeout_seconds=CONNECT_S,
         )
     serves_authorised(first.address, keys)
+
+
+def test_curve_with_process_isolated_sessions(curve_server, keys) -> None:
+    server = curve_server(isolation="process")
+    with rn.RemoteEnv(
+        server.address, curve_server_key=keys.server_key, curve_secret_key=keys.alice, connect_timeout_seconds=60
+    ) as env:
+        play(env)
+    with pytest.raises(rlmesh.EndpointConnectionError, match="refused this client's public key"):
+        rn.RemoteEnv(
+            server.address,
+            curve_server_key=keys.server_key,
+            curve_secret_key=keys.stranger,
+            connect_timeout_seconds=CONNECT_S,
+        )

@@ -168,3 +168,13 @@ def test_rlmesh_serve_send_tracebacks_no(serve_process) -> None:
     with rn.RemoteEnv(server.address) as env:
         error = crash(env)
     assert error.remote_traceback == "" and error.remote_type == "builtins.RuntimeError"
+
+
+def test_process_isolated_sessions_follow_send_tracebacks(serve) -> None:
+    quiet = serve(CrashingEnv, isolation="process", send_tracebacks=False)
+    with rn.RemoteEnv(quiet.address, connect_timeout_seconds=60) as env:
+        error = crash(env)
+    assert error.remote_traceback == "" and error.remote_type == "builtins.RuntimeError"
+    loud = serve(CrashingEnv, isolation="process")
+    with rn.RemoteEnv(loud.address, connect_timeout_seconds=60) as env:
+        assert "Traceback" in crash(env).remote_traceback
