@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
 # Prepare a Docker engine and a local Python base image for the sandbox tests.
 #
-# Meant to be sourced (`. .ci/sandbox_setup.sh`) so RLMESH_SANDBOX_BASE_IMAGE is exported into
-# the caller; running it prints the export line instead. Steps:
+# Sourced (`. .ci/sandbox_setup.sh`) or run. Steps:
 #   1. apt-get install docker.io and debootstrap when missing;
 #   2. start `dockerd --bridge=none --iptables=false` in the background if `docker info` fails,
 #      and wait (up to 60 s) for it to answer;
-#   3. build rlmesh/python-base:3.11 with scripts/build_base_image.sh (skipped when present).
+#   3. build rlmesh/python-base:3.11 with scripts/build_base_image.sh (skipped when present);
+#      sandboxes use that image by default, no environment variable needed.
 # No image registry is needed. Failures print a reason and return non-zero.
 
 _rlmesh_sandbox_setup() {
     local root tag log i
     root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-    tag="${RLMESH_SANDBOX_BASE_IMAGE:-rlmesh/python-base:3.11}"
+    tag="rlmesh/python-base:3.11"
 
     local missing=()
     command -v docker >/dev/null 2>&1 || missing+=(docker.io)
@@ -47,8 +47,6 @@ _rlmesh_sandbox_setup() {
         echo "sandbox setup: building the base image $tag failed" >&2
         return 1
     }
-    export RLMESH_SANDBOX_BASE_IMAGE="$tag"
-    echo "export RLMESH_SANDBOX_BASE_IMAGE=$tag"
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then

@@ -3,8 +3,8 @@
 The environment server runs in a hardened container (no network, read-only root, all
 capabilities dropped, non-root user) built from this checkout (``rlmesh_package="local"``).
 
-    # once per machine without a registry: Docker engine + local Python base image
-    source .ci/sandbox_setup.sh          # exports RLMESH_SANDBOX_BASE_IMAGE
+    # once per machine without a registry: Docker engine + local base image rlmesh/python-base:3.11
+    source .ci/sandbox_setup.sh
     python examples/sandbox_cartpole.py --episodes 5
 """
 

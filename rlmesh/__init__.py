@@ -24,7 +24,7 @@ from rlmesh.errors import (
 from rlmesh.evaluation import EpisodeResult, RunResult
 from rlmesh.models import RANDOM_SAMPLE, Model, ModelBase, run
 from rlmesh.plain import RemoteEnv, RemoteVectorEnv, SandboxEnv, SandboxVectorEnv
-from rlmesh.sandbox import SandboxBuildError, SandboxStartupError
+from rlmesh.sandbox import SandboxBuildError, SandboxOptions, SandboxStartupError
 from rlmesh.server import EnvServer, ServeOptions
 from rlmesh.specs import EnvContract, SpaceSpec
 from rlmesh.tensor import Tensor
@@ -53,6 +53,7 @@ __all__ = [
     "SandboxBuildError",
     "SandboxEnv",
     "SandboxError",
+    "SandboxOptions",
     "SandboxStartupError",
     "SandboxVectorEnv",
     "ServeOptions",

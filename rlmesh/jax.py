@@ -37,6 +37,7 @@ from rlmesh._jax_values import (
 from rlmesh.client import RemoteEnvBase, RemoteVectorEnvBase
 from rlmesh.models import ModelBase
 from rlmesh.sandbox.env import SandboxEnvBase, SandboxVectorEnvBase
+from rlmesh.sandbox.options import SandboxOptions
 
 __all__ = [
     "JAX_BRIDGE",
@@ -45,6 +46,7 @@ __all__ = [
     "RemoteEnv",
     "RemoteVectorEnv",
     "SandboxEnv",
+    "SandboxOptions",
     "SandboxVectorEnv",
     "asarray",
     "ensure_available",

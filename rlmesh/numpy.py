@@ -17,6 +17,7 @@ from rlmesh.bridges import NUMPY_BRIDGE
 from rlmesh.client import RemoteEnvBase, RemoteVectorEnvBase
 from rlmesh.models import ModelBase
 from rlmesh.sandbox.env import SandboxEnvBase, SandboxVectorEnvBase
+from rlmesh.sandbox.options import SandboxOptions
 from rlmesh.spaces import Space
 from rlmesh.spaces import space_from_spec as _space_from_spec
 from rlmesh.specs import SpaceSpec
@@ -76,6 +77,7 @@ __all__ = [
     "RemoteEnv",
     "RemoteVectorEnv",
     "SandboxEnv",
+    "SandboxOptions",
     "SandboxVectorEnv",
     "asarray",
     "space_from_spec",

@@ -1,18 +1,23 @@
 """Run the env server in a hardened container, wait for it, remove it, reap orphans.
 
 The container has no network (``network_mode="none"``) and serves on a unix socket in a
-private host directory bind-mounted at ``/run/rlmesh``. Its root filesystem is read-only
-(a small tmpfs on ``/tmp``), all capabilities are dropped, ``no-new-privileges`` is set, it
-runs as a non-root user (65534:65534 when the host process is root, the host's own uid:gid
-otherwise), and pids and memory are limited. Labels name rlmesh and the owning process, so
-containers left by a process that died are removed the next time a sandbox starts.
+private host directory bind-mounted at ``/run/rlmesh``. That directory (mode 0700) belongs
+to the user the container runs as: the caller's own uid:gid, or, when the caller is root, a
+uid:gid that no host account or group uses, so no other local account (``nobody``
+included) can connect to, list or change it. The root filesystem is read-only (a small
+tmpfs on ``/tmp``), all capabilities are dropped, ``no-new-privileges`` is set, and CPU,
+memory (swap equal to memory) and pids are limited. Labels name rlmesh and the owning
+process, so containers left by a process that died are removed the next time a sandbox
+starts.
 """
 
 from __future__ import annotations
 
 import contextlib
+import grp
 import logging
 import os
+import pwd
 import shutil
 import socket
 import tempfile
@@ -23,6 +28,7 @@ from typing import Any
 
 from rlmesh.errors import SandboxError
 from rlmesh.sandbox._docker import docker_module
+from rlmesh.sandbox.options import SandboxOptions
 
 __all__ = [
     "LABEL_SANDBOX",
@@ -32,6 +38,7 @@ __all__ = [
     "owner_labels",
     "reap_orphans",
     "remove_sandbox",
+    "sandbox_user",
     "start_container",
 ]
 
@@ -47,7 +54,8 @@ MOUNT = "/run/rlmesh"
 SOCKET_NAME = "env.sock"
 READY_NAME = "ready"
 DIR_PREFIX = "rlmesh-sandbox-"
-NOBODY = 65534
+# Searched upwards for an id that no host account or group has (used when the caller is root).
+UNUSED_ID_START = 1_900_000_000
 LOG_LINES = 50
 
 
@@ -160,13 +168,50 @@ def remove_sandbox(client: Any, container_id: str | None, socket_dir: str | None
     _safe_rmtree(socket_dir)
 
 
-def _private_dir() -> tuple[str, str]:
-    """Create the socket directory; return it and the container user that may write it."""
-    path = tempfile.mkdtemp(prefix=DIR_PREFIX)
-    if os.geteuid() == 0:
-        os.chown(path, NOBODY, NOBODY)
-        return path, f"{NOBODY}:{NOBODY}"
-    return path, f"{os.getuid()}:{os.getgid()}"
+def _id_unused(number: int) -> bool:
+    try:
+        pwd.getpwuid(number)
+    except KeyError:
+        try:
+            grp.getgrgid(number)
+        except KeyError:
+            return True
+    return False
+
+
+def sandbox_user() -> tuple[int, int]:
+    """The uid and gid the container runs as: the caller's, or unused ones when it is root."""
+    if os.geteuid() != 0:
+        return os.geteuid(), os.getegid()
+    number = UNUSED_ID_START
+    while not _id_unused(number):
+        number += 1
+    return number, number
+
+
+def _private_dir(uid: int, gid: int) -> str:
+    """Create the socket directory, mode 0700, owned by the container's user."""
+    path = tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-")  # the pid tells owners apart
+    try:
+        os.chmod(path, 0o700)
+        if (uid, gid) != (os.geteuid(), os.getegid()):
+            os.chown(path, uid, gid)
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+    return path
+
+
+def _check_cpus(client: Any, limits: SandboxOptions) -> None:
+    try:
+        available = int(client.info().get("NCPU") or 0)
+    except Exception:
+        return  # the engine will say it
+    if available and limits.cpus > available:
+        raise ValueError(
+            f"SandboxOptions.cpus={limits.cpus:g} exceeds the {available} CPUs of the Docker engine; "
+            f"pass at most {available}"
+        )
 
 
 def start_container(
@@ -175,8 +220,7 @@ def start_container(
     serve_args: list[str],
     *,
     source: str,
-    mem_limit: str | int,
-    pids_limit: int,
+    limits: SandboxOptions,
     timeout: float,
 ) -> StartedContainer:
     """Start ``rlmesh serve`` in a hardened container and wait for its ready file.
@@ -187,15 +231,17 @@ def start_container(
         serve_args: Arguments after ``rlmesh serve <address options>``: the source target,
             vector options and ``--kwarg`` options.
         source: The user's source string, for labels and messages.
-        mem_limit: Docker memory limit (``"2g"`` or bytes).
-        pids_limit: Maximum number of processes in the container.
+        limits: CPU, memory and pids limits.
         timeout: Seconds to wait for the server to be ready.
 
     Raises:
+        ValueError: ``limits.cpus`` exceeds the engine's CPUs.
         SandboxStartupError: The container exited or was not ready in time; the message holds
             its last log lines. The container and directory are removed first.
     """
-    socket_dir, user = _private_dir()
+    _check_cpus(client, limits)
+    uid, gid = sandbox_user()
+    socket_dir = _private_dir(uid, gid)
     container_id: str | None = None
     try:
         command = [
@@ -217,14 +263,13 @@ def start_container(
             tmpfs={"/tmp": "rw,nosuid,nodev,size=64m,mode=1777"},
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
-            user=user,
-            pids_limit=pids_limit,
-            mem_limit=mem_limit,
+            user=f"{uid}:{gid}",
             labels=labels,
             volumes={socket_dir: {"bind": MOUNT, "mode": "rw"}},
             environment={"HOME": "/tmp"},
             working_dir="/tmp",
             init=True,
+            **limits.docker_limits(),
         )
         container_id = container.id
         _wait_ready(client, container, socket_dir, source, timeout)

@@ -11,33 +11,26 @@ Ctrl-C remove the container and its socket directory.
 from __future__ import annotations
 
 import json
-import math
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
+from rlmesh.sandbox.options import SandboxSettings, sandbox_keywords
 from rlmesh.sandbox.sources import SandboxSource, parse_source
+from rlmesh.sources import VECTORIZATION_MODES
 
-__all__ = [
-    "DEFAULT_MEM_LIMIT",
-    "DEFAULT_PIDS_LIMIT",
-    "VECTORIZATION_MODES",
-    "SandboxEnvBase",
-    "SandboxVectorEnvBase",
-]
+__all__ = ["SandboxEnvBase", "SandboxVectorEnvBase"]
 
 ObsT = TypeVar("ObsT")
 ActT = TypeVar("ActT")
-
-DEFAULT_MEM_LIMIT = "2g"
-DEFAULT_PIDS_LIMIT = 256
-VECTORIZATION_MODES = ("sync", "async")
 
 
 def _json_kwargs(kwargs: Mapping[str, Any], name: str) -> list[str]:
     """``--kwarg key=<json>`` options; TypeError naming the parameter for non-JSON values."""
     options = []
     for key, value in kwargs.items():
+        if not key.isidentifier():
+            raise ValueError(f"{name} keys must be Python identifiers, got {key!r}")
         try:
             encoded = json.dumps(value, allow_nan=True)
         except (TypeError, ValueError) as exc:
@@ -49,13 +42,10 @@ def _json_kwargs(kwargs: Mapping[str, Any], name: str) -> list[str]:
     return options
 
 
-def _check_limits(mem_limit: object, pids_limit: object, timeout: object) -> None:
-    if not isinstance(mem_limit, str | int) or isinstance(mem_limit, bool):
-        raise TypeError(f"mem_limit must be a str such as '2g' or an int of bytes, got {mem_limit!r}")
-    if not isinstance(pids_limit, int) or isinstance(pids_limit, bool) or pids_limit < 1:
-        raise ValueError(f"pids_limit must be a positive int, got {pids_limit!r}")
-    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not math.isfinite(timeout) or timeout <= 0:
-        raise ValueError(f"connect_timeout_seconds must be a positive number, got {timeout!r}")
+def _parse(source: str, settings: SandboxSettings) -> SandboxSource:
+    return parse_source(
+        source, trust_remote_code=settings.trust_remote_code, allow_unpinned_hf=settings.allow_unpinned_hf
+    )
 
 
 def _cleanup(docker_client: Any, container_id: str | None, socket_dir: str | None) -> None:
@@ -73,20 +63,7 @@ class _SandboxSession(Generic[ObsT, ActT]):
     client_class: ClassVar[type]
     client: Any
 
-    def _start(
-        self,
-        parsed: SandboxSource,
-        serve_options: list[str],
-        *,
-        base_image: str | None,
-        rlmesh_package: str | None,
-        packages: Sequence[str],
-        imports: Sequence[str],
-        connect_timeout_seconds: float,
-        request_timeout_seconds: float | None,
-        mem_limit: str | int,
-        pids_limit: int,
-    ) -> None:
+    def _start(self, source: str, serve_options: list[str], settings: SandboxSettings) -> None:
         from rlmesh.sandbox._docker import docker_client
         from rlmesh.sandbox.container import (
             SandboxStartupError,
@@ -95,34 +72,37 @@ class _SandboxSession(Generic[ObsT, ActT]):
             start_container,
         )
         from rlmesh.sandbox.image import ensure_image
+        from rlmesh.sandbox.wheel import resolve_package
 
+        # Everything is validated before any Docker work.
+        self._source = parsed = _parse(source, settings)
+        package = resolve_package(settings.rlmesh_package)
         client_class = getattr(type(self), "client_class", None)
         if client_class is None:
             raise TypeError(
                 f"{type(self).__name__} has no client_class; use a concrete class such as rlmesh.numpy.SandboxEnv"
             )
-        self._source = parsed
         self._finalizer: weakref.finalize | None = None
         self._started = None
+        limits = settings.limits
         docker = docker_client()
         try:
             reap_orphans(docker)
             self._image = ensure_image(
                 docker,
                 parsed,
-                base_image=base_image,
-                rlmesh_package=rlmesh_package,
-                packages=packages,
-                imports=imports,
+                base_image=settings.base_image,
+                rlmesh_package=package,
+                packages=settings.packages,
+                imports=settings.imports,
             )
             started = start_container(
                 docker,
                 self._image.tag,
                 [parsed.target, *serve_options],
                 source=parsed.raw,
-                mem_limit=mem_limit,
-                pids_limit=pids_limit,
-                timeout=connect_timeout_seconds,
+                limits=limits,
+                timeout=settings.connect_timeout_seconds,
             )
         except BaseException:
             docker.close()
@@ -132,8 +112,8 @@ class _SandboxSession(Generic[ObsT, ActT]):
         try:
             self.client = client_class(
                 started.address,
-                connect_timeout_seconds=max(float(connect_timeout_seconds), 5.0),
-                request_timeout_seconds=request_timeout_seconds,
+                connect_timeout_seconds=max(float(settings.connect_timeout_seconds), 5.0),
+                request_timeout_seconds=settings.request_timeout_seconds,
             )
         except BaseException as exc:
             logs = container_logs(docker, started.container_id)
@@ -244,98 +224,60 @@ class _SandboxSession(Generic[ObsT, ActT]):
 class SandboxEnvBase(_SandboxSession[ObsT, ActT]):
     """Owned sandbox session for one environment.
 
-    Subclasses set ``client_class`` to a remote env client (``rlmesh.numpy.RemoteEnv``, ...).
+        Subclasses set ``client_class`` to a remote env client (``rlmesh.numpy.RemoteEnv``, ...).
 
-    Args:
-        source: Gymnasium id, ``gym://`` id, pinned ``hf://org/repo@<sha>:suite/task``, or
-            ``py://module:callable`` for local code.
-        base_image: Docker base image (default ``$RLMESH_SANDBOX_BASE_IMAGE`` or
-            ``python:3.X-slim`` for the host's minor version).
-        rlmesh_package: ``"local"`` (a wheel of this checkout), a wheel path, or a pip
-            requirement; default ``rlmesh==<host version>`` from the package index.
-        packages: Extra pip requirements installed in the sandbox.
-        imports: Module names imported at build time; a failure names the module.
-        trust_remote_code: Allow remote (Hugging Face) environment code to run.
-        allow_unpinned_hf: Allow Hugging Face sources without a 40-hex commit.
-        connect_timeout_seconds: Seconds to wait for the server to be ready.
-        request_timeout_seconds: Per-request timeout of the client (None: no timeout).
-        mem_limit: Container memory limit (``"2g"`` or bytes).
-        pids_limit: Container process limit.
-        **gym_make_kwargs: JSON-serialisable keyword arguments for the env constructor.
+        Args:
+            source: Gymnasium id, ``gym://`` id, pinned ``hf://org/repo@<sha>:suite/task``, or
+                ``py://module:callable`` for local code.
+    {keywords}
+            **gym_make_kwargs: JSON-serialisable keyword arguments for the env constructor.
+
+        Raises:
+            ValueError: A malformed or refused source or option (before any Docker work).
+            SandboxBuildError: The image could not be built.
+            SandboxStartupError: The container did not become ready.
     """
 
-    def __init__(
-        self,
-        source: str,
-        *,
-        base_image: str | None = None,
-        rlmesh_package: str | None = None,
-        packages: Sequence[str] = (),
-        imports: Sequence[str] = (),
-        trust_remote_code: bool = False,
-        allow_unpinned_hf: bool = False,
-        connect_timeout_seconds: float = 60.0,
-        request_timeout_seconds: float | None = None,
-        mem_limit: str | int = DEFAULT_MEM_LIMIT,
-        pids_limit: int = DEFAULT_PIDS_LIMIT,
-        **gym_make_kwargs: Any,
-    ) -> None:
-        parsed = parse_source(source, trust_remote_code=trust_remote_code, allow_unpinned_hf=allow_unpinned_hf)
-        options = _json_kwargs(gym_make_kwargs, "gym_make_kwargs")
-        _check_limits(mem_limit, pids_limit, connect_timeout_seconds)
-        self._start(
-            parsed,
-            options,
-            base_image=base_image,
-            rlmesh_package=rlmesh_package,
-            packages=packages,
-            imports=imports,
-            connect_timeout_seconds=connect_timeout_seconds,
-            request_timeout_seconds=request_timeout_seconds,
-            mem_limit=mem_limit,
-            pids_limit=pids_limit,
-        )
+    @sandbox_keywords
+    def __init__(self, source: str, *, settings: SandboxSettings, **gym_make_kwargs: Any) -> None:
+        self._start(source, _json_kwargs(gym_make_kwargs, "gym_make_kwargs"), settings)
 
 
 class SandboxVectorEnvBase(_SandboxSession[ObsT, ActT]):
     """Owned sandbox session for a vector of environments served from one container.
 
-    Subclasses set ``client_class`` to a remote vector client (``rlmesh.numpy.RemoteVectorEnv``).
+        Subclasses set ``client_class`` to a remote vector client (``rlmesh.numpy.RemoteVectorEnv``).
 
-    Args:
-        source: As for ``SandboxEnvBase``.
-        num_envs: Number of environment instances (at least 2).
-        vectorization_mode: ``"sync"`` or ``"async"`` vectorization inside the sandbox.
-        base_image: As for ``SandboxEnvBase`` (and the other keyword-only options).
-        **env_make_kwargs: JSON-serialisable keyword arguments for each env constructor.
+        Args:
+            source: As for ``SandboxEnvBase``.
+            num_envs: Number of environment instances (at least 2).
+            vectorization_mode: ``"sync"`` or ``"async"`` vectorization inside the sandbox.
+    {keywords}
+            **env_make_kwargs: JSON-serialisable keyword arguments for each env constructor.
+
+        Raises:
+            ValueError: A malformed or refused source or option (before any Docker work).
+            SandboxBuildError: The image could not be built.
+            SandboxStartupError: The container did not become ready.
     """
 
+    @sandbox_keywords
     def __init__(
         self,
         source: str,
         num_envs: int,
         vectorization_mode: str = "sync",
         *,
-        base_image: str | None = None,
-        rlmesh_package: str | None = None,
-        packages: Sequence[str] = (),
-        imports: Sequence[str] = (),
-        trust_remote_code: bool = False,
-        allow_unpinned_hf: bool = False,
-        connect_timeout_seconds: float = 60.0,
-        request_timeout_seconds: float | None = None,
-        mem_limit: str | int = DEFAULT_MEM_LIMIT,
-        pids_limit: int = DEFAULT_PIDS_LIMIT,
+        settings: SandboxSettings,
         **env_make_kwargs: Any,
     ) -> None:
-        parsed = parse_source(source, trust_remote_code=trust_remote_code, allow_unpinned_hf=allow_unpinned_hf)
         if not isinstance(num_envs, int) or isinstance(num_envs, bool) or num_envs < 2:
             raise ValueError(
                 f"num_envs must be an int >= 2 for SandboxVectorEnv, got {num_envs!r}; "
                 "use SandboxEnv for a single environment"
             )
         if vectorization_mode not in VECTORIZATION_MODES:
-            raise ValueError(f"vectorization_mode must be 'sync' or 'async', got {vectorization_mode!r}")
+            raise ValueError(f"vectorization_mode must be one of {VECTORIZATION_MODES}, got {vectorization_mode!r}")
         options = [
             "--num-envs",
             str(num_envs),
@@ -343,19 +285,7 @@ class SandboxVectorEnvBase(_SandboxSession[ObsT, ActT]):
             vectorization_mode,
             *_json_kwargs(env_make_kwargs, "env_make_kwargs"),
         ]
-        _check_limits(mem_limit, pids_limit, connect_timeout_seconds)
-        self._start(
-            parsed,
-            options,
-            base_image=base_image,
-            rlmesh_package=rlmesh_package,
-            packages=packages,
-            imports=imports,
-            connect_timeout_seconds=connect_timeout_seconds,
-            request_timeout_seconds=request_timeout_seconds,
-            mem_limit=mem_limit,
-            pids_limit=pids_limit,
-        )
+        self._start(source, options, settings)
 
     @property
     def num_envs(self) -> int:
@@ -371,3 +301,8 @@ class SandboxVectorEnvBase(_SandboxSession[ObsT, ActT]):
     def single_action_space(self) -> Any:
         """Action space of one lane."""
         return self.client.single_action_space
+
+
+for _cls in (SandboxEnvBase, SandboxVectorEnvBase):
+    _cls.__doc__ = (_cls.__doc__ or "").replace("{keywords}", SandboxSettings.docs())
+del _cls

@@ -1,8 +1,8 @@
 """Parse and validate sandbox environment sources.
 
-Accepted forms:
+Accepted forms (the ``gym``/``py`` grammar is :mod:`rlmesh.sources`'s):
 
-* ``CartPole-v1`` - a Gymnasium id (anything without ``://``);
+* ``CartPole-v1`` - a Gymnasium id;
 * ``gym://CartPole-v1`` - the same, with an explicit scheme;
 * ``hf://org/repo@<40-hex commit>:suite/task`` - a Hugging Face EnvHub repository pinned to a
   commit, with the suite and task selected from the dict its ``make_env`` returns. Running it
@@ -12,6 +12,8 @@ Accepted forms:
   environment code: the module file (or package directory) is copied into the image and
   ``callable()`` must return a ``gymnasium.Env``. A dotted name is looked up on ``sys.path``
   of the host (without importing it); a path is taken relative to the working directory.
+  Only regular files are copied: a symlink resolving outside the source, a device, a socket
+  or a fifo is refused.
 
 Parsing never touches Docker, so refusals are immediate.
 """
@@ -19,13 +21,18 @@ Parsing never touches Docker, so refusals are immediate.
 from __future__ import annotations
 
 import importlib.machinery
+import os
 import re
+import shutil
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["ACCEPTED_FORMS", "SandboxSource", "parse_source"]
+from rlmesh.sources import is_dotted_name, parse_source_ref
+
+__all__ = ["ACCEPTED_FORMS", "SandboxSource", "parse_source", "read_regular_file", "source_files"]
 
 ACCEPTED_FORMS = (
     "a Gymnasium id such as 'CartPole-v1'",
@@ -34,10 +41,11 @@ ACCEPTED_FORMS = (
     "'py://<module or path/to/module.py>:<callable>'",
 )
 
-_HEX40 = re.compile(r"^[0-9a-f]{40}$")
-_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_HEX40 = re.compile(r"[0-9a-f]{40}")
+_REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+_SELECTOR_PART = re.compile(r"[\w.+-]+", re.ASCII)
+# Never copied into the image: caches, VCS data, virtual environments, build outputs.
+IGNORED = ("__pycache__", "*.pyc", "*.pyo", "*.egg-info", ".git", ".venv", "build", "dist")
 
 # Where sources live inside the image.
 SRC_DIR = "/opt/rlmesh-src"
@@ -91,43 +99,41 @@ def parse_source(source: str, *, trust_remote_code: bool = False, allow_unpinned
 
     Raises:
         TypeError: ``source`` is not a string.
-        ValueError: Unknown scheme, malformed source, or a refused remote source.
+        ValueError: Unknown scheme, malformed source, a refused remote source, or a local
+            source holding a symlink out of it or a special file.
         FileNotFoundError: A local source's module cannot be found.
     """
     if not isinstance(source, str):
         raise TypeError(f"source must be a str, got {type(source).__name__}: {source!r}")
-    text = source.strip()
-    if not text:
+    if not source.strip():
         raise _unknown(source, "it is empty")
-    scheme, sep, rest = text.partition("://")
-    if not sep:
-        return _gym(source, text)
-    scheme = scheme.lower()
-    if scheme == "gym":
-        return _gym(source, rest)
-    if scheme == "hf":
-        return _hf(source, rest, trust_remote_code, allow_unpinned_hf)
-    if scheme == "py":
-        return _py(source, rest)
-    raise _unknown(source, f"unknown scheme {scheme + '://'!r}")
-
-
-def _gym(source: str, env_id: str) -> SandboxSource:
-    env_id = env_id.strip()
-    if not env_id or any(c.isspace() for c in env_id):
-        raise _unknown(source, f"{env_id!r} is not a Gymnasium id")
-    return SandboxSource(raw=source, kind="gym", target=env_id)
+    try:
+        ref = parse_source_ref(source)
+    except ValueError as exc:
+        raise _unknown(source, str(exc)) from None
+    if ref.scheme == "gym":
+        return SandboxSource(raw=source, kind="gym", target=ref.body)
+    if ref.scheme == "py":
+        assert ref.attr is not None
+        path, module = _locate(source, ref.body)
+        source_files(path, source=source)
+        return SandboxSource(
+            raw=source, kind="py", target=f"{module}:{ref.attr}", local_path=path, module=module, attr=ref.attr
+        )
+    if ref.scheme == "hf":
+        return _hf(source, ref.body, trust_remote_code, allow_unpinned_hf)
+    raise _unknown(source, f"unknown scheme {ref.scheme + '://'!r}")
 
 
 def _hf(source: str, rest: str, trust_remote_code: bool, allow_unpinned_hf: bool) -> SandboxSource:
     repo_part, sep, selector = rest.partition(":")
-    if not sep or selector.count("/") != 1 or not all(selector.split("/")):
+    if not sep or selector.count("/") != 1 or not all(_SELECTOR_PART.fullmatch(p) for p in selector.split("/")):
         raise _unknown(source, "a Hugging Face source needs a ':<suite>/<task>' selector")
     suite, task = selector.split("/")
     repo, at, revision = repo_part.partition("@")
-    if not _REPO.match(repo):
+    if not _REPO.fullmatch(repo):
         raise _unknown(source, f"{repo!r} is not a Hugging Face '<org>/<repo>' name")
-    if at and not _HEX40.match(revision):
+    if at and not _HEX40.fullmatch(revision):
         raise ValueError(
             f"Hugging Face source {source!r} must be pinned to a full 40-hex commit SHA, "
             f"got revision {revision!r}; pass allow_unpinned_hf=True only to drop the pin "
@@ -154,23 +160,6 @@ def _hf(source: str, rest: str, trust_remote_code: bool, allow_unpinned_hf: bool
     )
 
 
-def _py(source: str, rest: str) -> SandboxSource:
-    location, sep, attr = rest.rpartition(":")
-    if not sep or not location or not attr:
-        raise _unknown(source, "a local source needs '<module>:<callable>'")
-    if not all(_IDENT.match(part) for part in attr.split(".")):
-        raise _unknown(source, f"{attr!r} is not a Python attribute path")
-    path, module = _locate(source, location)
-    return SandboxSource(
-        raw=source,
-        kind="py",
-        target=f"{module}:{attr}",
-        local_path=path,
-        module=module,
-        attr=attr,
-    )
-
-
 def _locate(source: str, location: str) -> tuple[Path, str]:
     """Return (file or package directory to copy, the module name to import)."""
     candidate = Path(location).expanduser()
@@ -186,10 +175,10 @@ def _locate(source: str, location: str) -> tuple[Path, str]:
                 f"local sandbox source {source!r}: {str(path)!r} is neither a .py file nor a "
                 "package directory with __init__.py"
             )
-        if not _IDENT.match(name):
+        if not name.isidentifier():
             raise ValueError(f"local sandbox source {source!r}: {name!r} is not a module name")
         return path, name
-    if not _DOTTED.match(location):
+    if not is_dotted_name(location):
         raise _unknown(source, f"{location!r} is neither a module name nor a .py path")
     top = location.split(".")[0]
     spec = importlib.machinery.PathFinder.find_spec(top, [str(Path.cwd()), *sys.path])
@@ -205,3 +194,75 @@ def _locate(source: str, location: str) -> tuple[Path, str]:
             f"({spec.origin}); install it with packages=[...] instead"
         )
     return Path(spec.origin).resolve(), location
+
+
+def _refuse_entry(source: str, entry: Path, why: str) -> ValueError:
+    return ValueError(f"local sandbox source {source!r}: {str(entry)!r} {why}; it is not copied into the image")
+
+
+def _kind(mode: int) -> str | None:
+    """The name of a special file type, or None for a regular file or directory."""
+    for check, name in (
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISFIFO, "a fifo"),
+    ):
+        if check(mode):
+            return name
+    return None
+
+
+def source_files(path: Path, *, source: str | None = None) -> dict[str, Path]:
+    """The regular files of a local source, keyed by their path relative to ``path.parent``.
+
+    Symlinks are followed only when they resolve inside ``path`` (a package directory) and
+    are then listed under the link's name; ignored names (caches, ``.git``, virtual
+    environments) are skipped.
+
+    Raises:
+        ValueError: A symlink resolves outside the source, or an entry is a device, a
+            socket or a fifo; the message names the entry.
+    """
+    source = path.as_posix() if source is None else source
+    root = path.resolve()
+    if root.is_file():
+        return {root.name: root}
+    ignore = shutil.ignore_patterns(*IGNORED)
+    files: dict[str, Path] = {}
+    for directory, dirs, names in os.walk(root):
+        skipped = ignore(directory, [*dirs, *names])
+        dirs[:] = sorted(d for d in dirs if d not in skipped)
+        for name in sorted([*dirs, *names]):
+            if name in skipped:
+                continue
+            entry = Path(directory) / name
+            info = entry.lstat()
+            if stat.S_ISLNK(info.st_mode):
+                target = entry.resolve()
+                if not target.is_relative_to(root):
+                    raise _refuse_entry(
+                        source, entry, f"is a symlink to {str(target)!r}, outside the source root {str(root)!r}"
+                    )
+                info = target.stat()
+                if stat.S_ISDIR(info.st_mode):
+                    continue  # its files are listed where the directory really is
+            special = _kind(info.st_mode)
+            if special is not None:
+                raise _refuse_entry(source, entry, f"is {special}")
+            if stat.S_ISREG(info.st_mode):
+                files[entry.relative_to(root.parent).as_posix()] = entry
+    return files
+
+
+def read_regular_file(path: Path) -> bytes:
+    """Read ``path`` (or the file it links to) only if it is a regular file.
+
+    Raises:
+        ValueError: ``path`` is no longer a regular file.
+    """
+    fd = os.open(path.resolve(), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise ValueError(f"{str(path)!r} is not a regular file; it is not copied into the image")
+        return handle.read()

@@ -1,16 +1,20 @@
 """Docker sandbox sessions against real containers (no mocks).
 
-Needs a Docker engine and a Python base image (``.ci/sandbox_setup.sh`` provides both and
-exports ``RLMESH_SANDBOX_BASE_IMAGE``). Without an engine the tests skip, except in CI (``CI``
-set), where they fail. The sandbox image is built once per run by a session fixture; every
-other test reuses it (or its cached layers).
+Needs a Docker engine (``.ci/sandbox_setup.sh`` installs and starts one). The offline base
+image ``rlmesh/python-base:3.11`` is built by a session fixture when missing (root and
+debootstrap needed). Without an engine or a way to get a base image the tests skip with the
+reason, except in CI (``CI`` set), where they fail. The sandbox image is built once per run by
+a session fixture; every other test reuses it (or its cached layers).
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import os
+import pwd
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,13 +28,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from rlmesh.numpy import SandboxEnv, SandboxVectorEnv
+from rlmesh.numpy import SandboxEnv, SandboxOptions, SandboxVectorEnv
 from rlmesh.sandbox import (
     SandboxBuildError,
     SandboxStartupError,
     reap_orphans,
 )
 from rlmesh.sandbox.container import DIR_PREFIX, LABEL_SANDBOX, owner_labels
+from rlmesh.sandbox.options import default_cpus
 
 pytestmark = pytest.mark.sandbox
 
@@ -62,7 +67,26 @@ def docker_client() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def sandbox_image(docker_client: Any) -> str:
+def base_image(docker_client: Any) -> str:
+    """The base image sandboxes use by default, built offline when it is missing."""
+    from rlmesh.sandbox.base_image import DEFAULT_BASE_TAG, build_base_image
+    from rlmesh.sandbox.image import BASE_IMAGE_ENV, default_base_image
+
+    chosen = default_base_image(docker_client)
+    with contextlib.suppress(Exception):
+        docker_client.images.get(chosen)
+        return chosen
+    if os.environ.get(BASE_IMAGE_ENV, "").strip():
+        _unavailable(f"${BASE_IMAGE_ENV}={chosen} is not present locally and no registry is reachable")
+    try:
+        return build_base_image(DEFAULT_BASE_TAG)
+    except RuntimeError as exc:
+        _unavailable(f"no local base image and {DEFAULT_BASE_TAG} cannot be built here: {exc}")
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture(scope="session")
+def sandbox_image(base_image: str) -> str:
     """Build (or reuse) the CartPole sandbox image once per test run."""
     started = time.perf_counter()
     with SandboxEnv("CartPole-v1", **OPTS) as env:
@@ -74,19 +98,19 @@ def sandbox_image(docker_client: Any) -> str:
 
 
 def _our_dirs() -> set[str]:
-    return {p.name for p in Path(tempfile.gettempdir()).glob(f"{DIR_PREFIX}*")}
+    return {p.name for p in Path(tempfile.gettempdir()).glob(f"{DIR_PREFIX}{os.getpid()}-*")}
 
 
 @pytest.fixture(autouse=True)
-def no_leftovers(docker_client: Any) -> Iterator[None]:
-    """After each test: no sandbox container, socket directory or build container is left."""
-    before = {c.id for c in docker_client.containers.list(all=True)}
+def no_leftovers(docker_client: Any, base_image: str) -> Iterator[None]:
+    """After each test: no sandbox container or socket directory of this process is left.
+
+    Only this process's own containers and directories are checked: other processes on the
+    machine may run sandboxes at the same time.
+    """
     dirs_before = _our_dirs()
     yield
     gc.collect()
-    after = docker_client.containers.list(all=True)
-    new = [c for c in after if c.id not in before]
-    assert not new, f"containers left behind: {[(c.short_id, c.status) for c in new]}"
     mine = docker_client.containers.list(
         all=True, filters={"label": [f"{LABEL_SANDBOX}=1", f"rlmesh.owner.pid={os.getpid()}"]}
     )
@@ -165,8 +189,9 @@ def test_container_is_hardened(docker_client: Any, sandbox_image: str) -> None:
         assert host["CapDrop"] == ["ALL"]
         assert "no-new-privileges" in host["SecurityOpt"]
         assert not host.get("PortBindings")
-        assert host["PidsLimit"] and host["PidsLimit"] > 0
-        assert host["Memory"] > 0
+        assert host["NanoCpus"] == round(default_cpus() * 1e9)
+        assert host["Memory"] == host["MemorySwap"] == 2 * 1024**3
+        assert host["PidsLimit"] == 256
         user = info["Config"]["User"]
         assert user and user.split(":")[0] not in ("", "0", "root")
         assert set(info["NetworkSettings"]["Networks"]) == {"none"}
@@ -177,6 +202,126 @@ def test_container_is_hardened(docker_client: Any, sandbox_image: str) -> None:
         assert mounts["/run/rlmesh"]["Source"] == str(Path(env.address[len("ipc://") :]).parent)
         assert env.address.startswith("ipc://")
         env.reset(seed=0)
+
+
+def test_resource_limits_from_sandbox_options(docker_client: Any, sandbox_image: str) -> None:
+    options = SandboxOptions(cpus=0.5, memory="768m", pids=64)
+    with SandboxEnv("CartPole-v1", sandbox_options=options, max_episode_steps=3, **OPTS) as env:
+        host = docker_client.api.inspect_container(env.container_id)["HostConfig"]
+        assert host["NanoCpus"] == 500_000_000
+        assert host["Memory"] == host["MemorySwap"] == 768 * 1024**2
+        assert host["PidsLimit"] == 64
+        env.reset(seed=0)
+        truncated = [env.step(0)[3] for _ in range(3)]
+        assert truncated == [False, False, True]  # max_episode_steps reached the env, not Docker
+
+
+def test_more_cpus_than_the_engine_refused_before_any_container(docker_client: Any, sandbox_image: str) -> None:
+    with pytest.raises(ValueError, match=r"SandboxOptions.cpus=4096 exceeds the \d+ CPUs"):
+        SandboxEnv("CartPole-v1", sandbox_options=SandboxOptions(cpus=4096), **OPTS)
+    with SandboxEnv("CartPole-v1", **OPTS) as env:  # the next sandbox starts as usual
+        env.reset(seed=0)
+
+
+PROBE = """
+import json, os, socket, sys
+
+directory = sys.argv[1]
+results = {}
+
+
+def attempt(name, action):
+    try:
+        action()
+        results[name] = "allowed"
+    except PermissionError:
+        results[name] = "denied"
+    except OSError as exc:
+        results[name] = f"error {exc.errno}"
+
+
+def connect():
+    with socket.socket(socket.AF_UNIX) as client:
+        client.connect(os.path.join(directory, "env.sock"))
+
+
+attempt("list", lambda: os.listdir(directory))
+attempt("connect", connect)
+attempt("plant", lambda: open(os.path.join(directory, "planted"), "x").close())
+attempt("move", lambda: os.rename(os.path.join(directory, "env.sock"), os.path.join(directory, "moved")))
+attempt("chmod", lambda: os.chmod(directory, 0o777))
+print(json.dumps(results))
+"""
+PROBE_USER = "rlmesh-probe"
+
+
+@pytest.fixture(scope="session")
+def other_accounts() -> Iterator[list[pwd.struct_passwd]]:
+    """Local accounts other than the caller: ``nobody`` and a created one (needs root)."""
+    if os.geteuid() != 0:
+        pytest.skip("probing the socket directory as another account needs root (to switch user)")
+    created = False
+    try:
+        pwd.getpwnam(PROBE_USER)
+    except KeyError:
+        if shutil.which("useradd") is None:
+            pytest.skip("useradd is not installed, so no second local account can be created")
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PROBE_USER],
+            check=True,
+            capture_output=True,
+        )
+        created = True
+    accounts = [pwd.getpwnam(PROBE_USER)]
+    with contextlib.suppress(KeyError):
+        accounts.append(pwd.getpwnam("nobody"))
+    yield accounts
+    if created:
+        subprocess.run(["userdel", PROBE_USER], check=False, capture_output=True)
+
+
+def test_socket_directory_closed_to_other_accounts(
+    docker_client: Any, sandbox_image: str, other_accounts: list[pwd.struct_passwd]
+) -> None:
+    python = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
+    with SandboxEnv("CartPole-v1", **OPTS) as env:
+        directory = Path(env.address[len("ipc://") :]).parent
+        info = directory.stat()
+        assert info.st_mode & 0o777 == 0o700
+        user = docker_client.api.inspect_container(env.container_id)["Config"]["User"]
+        assert user == f"{info.st_uid}:{info.st_gid}"
+        with pytest.raises(KeyError):
+            pwd.getpwuid(info.st_uid)  # no host account shares the container's uid
+        env.reset(seed=0)
+        for account in other_accounts:
+            probe = subprocess.run(
+                [python, "-c", PROBE, str(directory)],
+                user=account.pw_uid,
+                group=account.pw_gid,
+                extra_groups=[],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                cwd="/",
+            )
+            assert probe.returncode == 0, probe.stderr
+            results = json.loads(probe.stdout)
+            assert results == dict.fromkeys(("list", "connect", "plant", "move", "chmod"), "denied"), account.pw_name
+        assert sorted(os.listdir(directory)) == ["env.sock", "ready"]
+        env.step(0)  # the owner still drives the env
+
+
+def test_symlink_out_of_a_py_source_refused_before_docker(docker_client: Any, tmp_path: Path) -> None:
+    secret = tmp_path / "host_secret.txt"
+    secret.write_text("host secret")
+    package = tmp_path / "linky_env_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("import gymnasium\n\ndef make():\n    return gymnasium.make('CartPole-v1')\n")
+    (package / "host_secret.txt").symlink_to(secret)
+    images_before = {image.id for image in docker_client.images.list(all=True)}
+    with pytest.raises(ValueError, match="host_secret.txt"):
+        SandboxEnv(f"py://{package}:make", **OPTS)
+    assert {image.id for image in docker_client.images.list(all=True)} == images_before
 
 
 def test_missing_import_names_the_module(sandbox_image: str) -> None:
@@ -225,9 +370,9 @@ def test_local_py_source_serves(tmp_path: Path, sandbox_image: str) -> None:
 def test_second_start_reuses_cached_image(tmp_path: Path, sandbox_image: str) -> None:
     # A wheel frozen now, so edits to the checkout during the run cannot change the spec
     # (rlmesh_package="local" hashes the live sources).
-    from rlmesh.sandbox.image import _build_local_wheel, _checkout_root
+    from rlmesh.sandbox.wheel import build_local_wheel, checkout_root
 
-    wheel = _build_local_wheel(_checkout_root(), tmp_path)
+    wheel = build_local_wheel(checkout_root(), tmp_path)
     opts = {**OPTS, "rlmesh_package": str(wheel)}
     timings: list[tuple[bool, float, float]] = []
     images: list[str] = []
@@ -242,7 +387,7 @@ def test_second_start_reuses_cached_image(tmp_path: Path, sandbox_image: str) ->
     assert timings[1][0], "the second start of the same spec must reuse the cached image"
 
 
-def test_close_is_idempotent_and_gc_removes_container(docker_client: Any) -> None:
+def test_close_is_idempotent_and_gc_removes_container(docker_client: Any, sandbox_image: str) -> None:
     env = SandboxEnv("CartPole-v1", **OPTS)
     env.close()
     env.close()
@@ -256,7 +401,7 @@ def test_close_is_idempotent_and_gc_removes_container(docker_client: Any) -> Non
     assert container_id not in ids
 
 
-def test_ctrl_c_and_exit_remove_container(docker_client: Any) -> None:
+def test_ctrl_c_and_exit_remove_container(docker_client: Any, sandbox_image: str) -> None:
     script = textwrap.dedent(
         f"""
         import sys, time
@@ -268,18 +413,21 @@ def test_ctrl_c_and_exit_remove_container(docker_client: Any) -> None:
         time.sleep(120)
         """
     )
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        container_id = proc.stdout.readline().strip()
-        assert container_id, proc.stderr.read() if proc.stderr else ""
-        assert container_id in {c.id for c in docker_client.containers.list()}
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    # The with-block closes the pipes whatever happens, so no file leaks into later tests.
+    with subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            container_id = proc.stdout.readline().strip()
+            assert container_id, proc.stderr.read() if proc.stderr else ""
+            assert container_id in {c.id for c in docker_client.containers.list()}
+            proc.send_signal(signal.SIGINT)
+            _, stderr = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
     assert "KeyboardInterrupt" in stderr
     assert container_id not in {c.id for c in docker_client.containers.list(all=True)}
 

@@ -36,6 +36,7 @@ EXPECTED_CORE = {
     "RANDOM_SAMPLE",
     "SandboxEnv",
     "SandboxVectorEnv",
+    "SandboxOptions",
 }
 EXPECTED_BACKEND = {
     "RemoteEnv",
@@ -43,6 +44,7 @@ EXPECTED_BACKEND = {
     "Model",
     "SandboxEnv",
     "SandboxVectorEnv",
+    "SandboxOptions",
     "space_from_spec",
     "asarray",
 }

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rlmesh.sandbox import SandboxEnvBase, SandboxVectorEnvBase, parse_source
+from rlmesh.sandbox import SandboxEnvBase, SandboxOptions, SandboxVectorEnvBase, parse_source
 from rlmesh.sandbox.image import default_base_image
 from rlmesh.sandbox.pipconfig import host_pip_settings
 
@@ -145,3 +145,58 @@ def test_debian_mirror_is_a_url() -> None:
     from rlmesh.sandbox.base_image import debian_mirror
 
     assert "://" in debian_mirror()
+
+
+@pytest.mark.parametrize(
+    ("source", "scheme", "body", "attr"),
+    [
+        ("CartPole-v1", "gym", "CartPole-v1", None),
+        ("gym://ALE/Pong-v5", "gym", "ALE/Pong-v5", None),
+        ("ale_py:ALE/Pong-v5", "gym", "ale_py:ALE/Pong-v5", None),
+        ("envs.cartpole:make", "py", "envs.cartpole", "make"),
+        ("py://path/to/mod.py:Factory.create", "py", "path/to/mod.py", "Factory.create"),
+        ("hf://org/repo:suite/task", "hf", "org/repo:suite/task", None),
+    ],
+)
+def test_one_source_grammar_for_serve_and_sandbox(source: str, scheme: str, body: str, attr: str | None) -> None:
+    from rlmesh.sources import parse_source_ref
+
+    ref = parse_source_ref(source)
+    assert (ref.scheme, ref.body, ref.attr) == (scheme, body, attr)
+
+
+def test_serve_refuses_schemes_it_cannot_serve() -> None:
+    from rlmesh.sources import env_factory
+
+    with pytest.raises(ValueError, match="'hf://' cannot be served"):
+        env_factory("hf://org/repo:suite/task")
+    with pytest.raises(ValueError, match="not an importable module name"):
+        env_factory("py://path/to/mod.py:make")
+    with pytest.raises(ValueError, match="not a Gymnasium id"):
+        env_factory("gym://Cart Pole")
+
+
+def test_vectorization_modes_defined_once() -> None:
+    import rlmesh.cli
+    import rlmesh.sandbox.env
+    import rlmesh.sources
+
+    assert rlmesh.sandbox.env.VECTORIZATION_MODES is rlmesh.sources.VECTORIZATION_MODES
+    assert rlmesh.cli.VECTORIZATION_MODES is rlmesh.sources.VECTORIZATION_MODES
+
+
+def test_refusals_need_no_docker_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rlmesh.numpy import SandboxEnv
+
+    # With no engine reachable, a bad argument still gets its own clear error, not a Docker one.
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")
+    package = tmp_path / "pkg_with_link"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "passwd").symlink_to("/etc/passwd")
+    with pytest.raises(ValueError, match="passwd.*outside the source root"):
+        SandboxEnv(f"py://{package}:make")
+    with pytest.raises(ValueError, match="base_image"):
+        SandboxEnv("CartPole-v1", base_image="python:3.11\nRUN echo INJECTED")
+    with pytest.raises(ValueError, match="SandboxOptions.pids"):
+        SandboxEnv("CartPole-v1", sandbox_options=SandboxOptions(pids=0))
