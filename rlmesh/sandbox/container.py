@@ -57,6 +57,7 @@ DIR_PREFIX = "rlmesh-sandbox-"
 # Searched upwards for an id that no host account or group has (used when the caller is root).
 UNUSED_ID_START = 1_900_000_000
 LOG_LINES = 50
+REMOVAL_WAIT_SECONDS = 30.0
 
 
 class SandboxStartupError(SandboxError):
@@ -163,9 +164,28 @@ def remove_sandbox(client: Any, container_id: str | None, socket_dir: str | None
         try:
             client.api.remove_container(container_id, force=True, v=True)
         except Exception as exc:
-            if getattr(getattr(exc, "response", None), "status_code", None) != 404:
+            status = _status_code(exc)
+            if status == 409:  # a removal is already under way: wait for it to finish
+                _wait_gone(client, container_id)
+            elif status != 404:
                 _log.warning("could not remove sandbox container %s: %s", container_id, exc)
     _safe_rmtree(socket_dir)
+
+
+def _status_code(exc: BaseException) -> int | None:
+    return getattr(getattr(exc, "response", None), "status_code", None)
+
+
+def _wait_gone(client: Any, container_id: str, timeout: float = REMOVAL_WAIT_SECONDS) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            client.api.inspect_container(container_id)
+        except Exception as exc:
+            if _status_code(exc) == 404:
+                return
+        time.sleep(0.2)
+    _log.warning("sandbox container %s was still being removed after %g s", container_id, timeout)
 
 
 def _id_unused(number: int) -> bool:
