@@ -22,7 +22,7 @@ Sections (``--only`` picks some; all by default):
 
 Usage::
 
-    python benchmarks/decode_latency.py [--quick] [--only decode,scan,roundtrip,jit_step,checks]
+    python -m benchmarks.decode_latency [--quick] [--only decode,scan,roundtrip,jit_step,checks]
 
 Prints tables and writes benchmarks/results/decode_latency.json. Machines are shared and noisy:
 medians of many calls, one run; compare columns measured in the same run only.
@@ -35,7 +35,6 @@ import statistics
 import sys
 import textwrap
 import time
-import timeit
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,13 +43,11 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
-
-from harness import (
+from benchmarks.harness import (
     print_table,
     raw_echo_server,
     rlmesh_server,
+    time_calls,
     write_json,
 )
 
@@ -136,14 +133,8 @@ def _policy_for(shape: tuple[int, ...]) -> tuple[Callable[[Any], Any], str]:
     return (lambda obs: reduction(None, obs)), "mean reduction"
 
 
-def _best_us(call: Callable[[], Any], number: int, repeat: int = 7) -> float:
-    call()
-    return min(timeit.repeat(call, number=number, repeat=repeat)) / number * 1e6
-
-
 def _median_us(call: Callable[[], Any], number: int, repeat: int = 7) -> float:
-    call()
-    return statistics.median(timeit.repeat(call, number=number, repeat=repeat)) / number * 1e6
+    return time_calls(call, iterations=repeat, warmup=1, number=number)["median_us"]
 
 
 # -- decode in a Python loop -----------------------------------------------------------------
@@ -487,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     import jax
 
     results: dict[str, Any] = {
-        "command": "python benchmarks/decode_latency.py " + " ".join(argv or sys.argv[1:]),
+        "command": "python -m benchmarks.decode_latency " + " ".join(argv or sys.argv[1:]),
         "jax": jax.__version__,
         "device": str(jax.devices()[0]),
     }

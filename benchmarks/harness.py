@@ -1,4 +1,8 @@
-"""Shared benchmark plumbing: server subprocesses, a raw pyzmq echo peer, timing, reporting."""
+"""Shared benchmark plumbing: server subprocesses, a raw pyzmq echo peer, timing, reporting.
+
+Imported as ``benchmarks.harness`` by scripts run from the repository root as
+``python -m benchmarks.NAME``.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +13,12 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from rlmesh.launch import launch_server
 
 RESULTS_DIR = Path(__file__).parent / "results"
 REPO_ROOT = Path(__file__).parent.parent
@@ -38,29 +43,8 @@ while True:
 @contextlib.contextmanager
 def rlmesh_server(source: str, *args: str, pythonpath: Sequence[str] = ()) -> Iterator[str]:
     """Run ``python -m rlmesh serve`` in a subprocess; yields its bound address."""
-    with tempfile.TemporaryDirectory() as tmp:
-        ready = Path(tmp) / "ready"
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([*pythonpath, str(REPO_ROOT)]))
-        process = subprocess.Popen(
-            [sys.executable, "-m", "rlmesh", "serve", source, *args, "--ready-file", str(ready), "--quiet"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            deadline = time.monotonic() + 60
-            while not ready.exists():
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"rlmesh serve {source} failed: {process.stderr.read().decode() if process.stderr else ''}"
-                    )
-                time.sleep(0.02)
-            yield ready.read_text().strip()
-        finally:
-            process.terminate()
-            process.wait(10)
-            if process.stderr:
-                process.stderr.close()
+    with launch_server(source, *args, pythonpath=[*pythonpath, str(REPO_ROOT)]) as server:
+        yield server.address
 
 
 @contextlib.contextmanager
@@ -77,16 +61,21 @@ def raw_echo_server() -> Iterator[str]:
             process.stdout.close()
 
 
-def time_calls(call: Callable[[], Any], *, iterations: int, warmup: int = 50) -> dict[str, float]:
-    """Per-call wall time in microseconds: median, mean, p90, and calls per second."""
+def time_calls(call: Callable[[], Any], *, iterations: int, warmup: int = 50, number: int = 1) -> dict[str, float]:
+    """Wall time per call in microseconds (median, mean, p90) and calls per second.
+
+    Each of ``iterations`` samples times ``number`` back-to-back calls, so calls far shorter
+    than the clock's overhead can be timed with ``number > 1``.
+    """
     for _ in range(warmup):
         call()
     samples = []
     clock = time.perf_counter_ns
     for _ in range(iterations):
         start = clock()
-        call()
-        samples.append((clock() - start) / 1000)
+        for _ in range(number):
+            call()
+        samples.append((clock() - start) / 1000 / number)
     samples.sort()
     return {
         "median_us": statistics.median(samples),

@@ -2,9 +2,14 @@
 
 One training process at a time. For each (mode, seed) the example writes its own
 ``metrics.json``; this script collects the summaries into ``results.json`` and a markdown
-table ``results.md`` in ``--out-dir`` (default ``runs/ppo_cartpole_seeds/<timestamp>``)::
+table ``results.md`` in ``--out-dir`` (default ``runs/ppo_cartpole_seeds/<timestamp>``), with
+the training env-steps/s of every mode side by side (same hyperparameters in every mode)::
 
-    python benchmarks/ppo_cartpole_seeds.py --modes local embedded --seeds 1 2 3 4 5
+    python -m benchmarks.ppo_cartpole_seeds --modes local one-server two-servers embedded --seeds 1 2 3 4 5
+
+Modes: ``local`` (in-process ``make_vec``), ``one-server`` (every lane on one ``rlmesh
+serve``), ``two-servers`` (lanes over 2 servers, stepped together), ``embedded`` (the
+example's default: 2 servers, double-buffered), ``sandbox`` and ``jit-rollout``.
 
 Arguments after ``--`` go to every example run (e.g. ``-- --total-steps 200000``).
 """
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -20,22 +26,41 @@ from pathlib import Path
 from typing import Any
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ppo_cartpole.py"
-MODE_FLAGS = {"local": ["--local"], "embedded": [], "sandbox": ["--sandbox"],
-              "jit-rollout": ["--jit-rollout"]}
+MODE_FLAGS = {
+    "local": ["--local"],
+    "one-server": ["--servers", "1"],
+    "two-servers": ["--servers", "2", "--no-double-buffer"],
+    "embedded": [],
+    "sandbox": ["--sandbox"],
+    "jit-rollout": ["--jit-rollout", "--servers", "1"],
+}
 
 
 def run_one(mode: str, seed: int, out_dir: Path, extra: list[str]) -> dict[str, Any]:
     """Train one seed in a fresh process; return its summary (``error`` set on failure)."""
     run_dir = out_dir / f"{mode}-seed{seed}"
-    cmd = [sys.executable, str(EXAMPLE), *MODE_FLAGS[mode], "--seed", str(seed),
-           "--out-dir", str(run_dir), "--no-progress", *extra]
+    cmd = [
+        sys.executable,
+        str(EXAMPLE),
+        *MODE_FLAGS[mode],
+        "--seed",
+        str(seed),
+        "--out-dir",
+        str(run_dir),
+        "--no-progress",
+        *extra,
+    ]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t0
     metrics = run_dir / "metrics.json"
     if proc.returncode != 0 or not metrics.exists():
-        return {"mode": mode, "seed": seed, "process_wall_s": wall,
-                "error": proc.stderr[-2000:] or f"exit code {proc.returncode}"}
+        return {
+            "mode": mode,
+            "seed": seed,
+            "process_wall_s": wall,
+            "error": proc.stderr[-2000:] or f"exit code {proc.returncode}",
+        }
     summary = json.loads(metrics.read_text())["summary"]
     return {**summary, "mode": mode, "seed": seed, "process_wall_s": wall}
 
@@ -45,8 +70,11 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
     env steps/s counts training steps over training time (without early-stop evaluations).
     """
-    lines = ["| seed | mode | wall time (s) | env steps/s | steps to 475 | env steps trained | "
-             "stopped early | final eval return (20 seeds) |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| seed | mode | wall time (s) | env steps/s | steps to 475 | env steps trained | "
+        "stopped early | final eval return (20 seeds) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['seed']} | {r['mode']} | failed | | | | | |")
@@ -55,22 +83,32 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             f"| {r['seed']} | {r['mode']} | {r['process_wall_s']:.1f} | {r['sps']:,.0f} | "
             f"{r['steps_to_475'] if r['steps_to_475'] is not None else 'never'} | "
             f"{r['env_steps']:,} | {'yes' if r['stopped_early'] else 'no'} | "
-            f"{r['final_eval_mean']:.1f} |")
+            f"{r['final_eval_mean']:.1f} |"
+        )
+    lines += [
+        "",
+        "| mode | median env steps/s | x local | seeds reaching 475 | seeds reaching 500 | max wall time (s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    medians = {}
     for mode in dict.fromkeys(r["mode"] for r in rows):
         ok = [r for r in rows if r["mode"] == mode and "error" not in r]
-        solved = sum(r["final_eval_mean"] >= 475 for r in ok)
         if ok:
-            lines.append("")
-            lines.append(f"{mode}: {solved}/{len(ok)} seeds reach a final eval >= 475; "
-                         f"max wall time {max(r['process_wall_s'] for r in ok):.1f} s")
+            medians[mode] = statistics.median(r["sps"] for r in ok)
+    for mode, sps in medians.items():
+        ok = [r for r in rows if r["mode"] == mode and "error" not in r]
+        ratio = f"{sps / medians['local']:.2f}" if "local" in medians else ""
+        lines.append(
+            f"| {mode} | {sps:,.0f} | {ratio} | {sum(r['final_eval_mean'] >= 475 for r in ok)}/{len(ok)} | "
+            f"{sum(r['final_eval_mean'] >= 500 for r in ok)}/{len(ok)} | {max(r['process_wall_s'] for r in ok):.1f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     """Parse flags, run every (mode, seed) sequentially, write results.json and results.md."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--modes", nargs="+", default=["local", "embedded"],
-                        choices=sorted(MODE_FLAGS))
+    parser.add_argument("--modes", nargs="+", default=["local", "one-server", "embedded"], choices=sorted(MODE_FLAGS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3, 4, 5])
     parser.add_argument("--out-dir", default="")
     parser.add_argument("extra", nargs="*", help="arguments passed to every example run")
@@ -82,9 +120,15 @@ def main() -> None:
         for seed in args.seeds:
             row = run_one(mode, seed, out_dir, args.extra)
             rows.append(row)
-            print(json.dumps({k: row.get(k) for k in (
-                "mode", "seed", "process_wall_s", "sps", "steps_to_475", "final_eval_mean",
-                "error")}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        k: row.get(k)
+                        for k in ("mode", "seed", "process_wall_s", "sps", "steps_to_475", "final_eval_mean", "error")
+                    }
+                ),
+                flush=True,
+            )
     (out_dir / "results.json").write_text(json.dumps(rows, indent=1))
     table = markdown(rows)
     (out_dir / "results.md").write_text(table)

@@ -11,7 +11,8 @@ Measures, with the env server in a separate process:
 
 Targets (issue 2): step within 1.5x of the raw floor; 16 lanes at >= 50% of in-process.
 
-Usage: python benchmarks/step_latency.py [--iterations 3000] [--skip-original] [--curve-only]
+Usage (from the repository root):
+  python -m benchmarks.step_latency [--iterations 3000] [--skip-original] [--curve-only]
 (--curve-only measures only the CURVE table and writes results/step_latency_curve.json.)
 """
 
@@ -27,11 +28,8 @@ import msgpack
 import numpy as np
 import zmq
 
-sys.path.insert(0, str(Path(__file__).parent))
-import harness
-import original_rlmesh
-
 import rlmesh.numpy as rn
+from benchmarks import harness, original_rlmesh
 from rlmesh.security import generate_keypair
 
 BENCH_DIR = str(Path(__file__).resolve().parent)
@@ -188,7 +186,7 @@ def main() -> None:
     parser.add_argument("--curve-only", action="store_true", help="measure only the CURVE cost table")
     args = parser.parse_args()
     n = args.iterations
-    command = "python benchmarks/step_latency.py " + " ".join(sys.argv[1:])
+    command = "python -m benchmarks.step_latency " + " ".join(sys.argv[1:])
     if args.curve_only:
         path = harness.write_json("step_latency_curve", {"command": command, "curve": curve_cost(n)})
         print(f"wrote {path}")

@@ -1,31 +1,31 @@
 """PPO on CartPole-v1 with a Flax actor-critic and Optax, stepping envs served by rlmesh.
 
-Run ``python examples/ppo_cartpole.py`` to start a local env server (8 CartPole lanes in a
-background process) and train against it. Other env backends, with everything else equal:
+Run ``python examples/ppo_cartpole.py`` to serve 8 CartPole lanes from 2 background
+``rlmesh serve`` processes (4 lanes each) and train against them double-buffered: the policy
+for one process's lanes runs while the other process steps (the fastest remote setup).
+Other env backends, with everything else equal:
 
-* ``--address tcp://host:port`` uses an already running rlmesh endpoint,
+* ``--servers K`` splits the lanes over K server processes (``--servers 1`` for one),
+* ``--no-double-buffer`` steps every lane together, waiting for all endpoints each step,
+* ``--address tcp://host:port[,tcp://...]`` uses already running rlmesh endpoints,
 * ``--sandbox`` serves the env from a :class:`rlmesh.jax.SandboxVectorEnv`,
 * ``--local`` steps an in-process ``gymnasium.make_vec`` env (the comparison baseline),
 * ``--jit-rollout`` collects each rollout inside ``lax.scan`` through the jit step callback.
 
 The run writes ``metrics.json``, ``learning_curve.png`` and ``params.msgpack`` into
 ``--out-dir`` (default ``runs/ppo_cartpole/<timestamp>``) and ends with a deterministic
-(argmax) evaluation over 20 seeds with ``rlmesh.jax.Model.run``. The PPO pieces live in
+(argmax) evaluation over 20 seeds with ``rlmesh.jax.Model.run`` and a summary. Ctrl-C stops
+training, saves what it has and skips the final evaluation. The PPO pieces live in
 ``rlmesh.integrations.ppo``.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
 import dataclasses
-import inspect
-import itertools
 import json
-import subprocess
 import sys
-import tempfile
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.training.train_state import TrainState
 from rlmesh.integrations.ppo import (
+    DoubleBufferedCollector,
     LossConfig,
     PythonCollector,
     UpdateConfig,
@@ -52,6 +53,12 @@ from rlmesh.integrations.ppo import (
 from tqdm import tqdm
 
 import rlmesh.jax
+from rlmesh.launch import launch_server
+
+
+def arg(default: Any, help: str) -> Any:
+    """A dataclass field whose ``help`` becomes the flag's ``--help`` text."""
+    return dataclasses.field(default=default, metadata={"help": help})
 
 
 @dataclasses.dataclass
@@ -59,155 +66,99 @@ class Args:
     """Command-line arguments; each field becomes ``--field-name``."""
 
     # --- run ---
-    seed: int = 1
-    """Seed of the env lanes, the network initialisation and action sampling."""
-    total_steps: int = 500_000
-    """Training budget in env steps (summed over lanes)."""
-    env_id: str = "CartPole-v1"
-    """Gymnasium env id (used by the embedded server, --local and --sandbox)."""
-    out_dir: str = ""
-    """Output folder; empty means runs/ppo_cartpole/<timestamp>."""
-    progress: bool = True
-    """Show a tqdm progress bar."""
+    seed: int = arg(1, "Seed of the env lanes, the network initialisation and action sampling.")
+    total_steps: int = arg(500_000, "Training budget in env steps (summed over lanes).")
+    env_id: str = arg("CartPole-v1", "Gymnasium env id (used by the embedded servers, --local and --sandbox).")
+    out_dir: str = arg("", "Output folder; empty means runs/ppo_cartpole/<timestamp>.")
+    progress: bool = arg(True, "Show a tqdm progress bar.")
 
     # --- env backend ---
-    address: str = ""
-    """Train against an already running rlmesh endpoint at this address."""
-    sandbox: bool = False
-    """Serve the env from a rlmesh.jax.SandboxVectorEnv."""
-    local: bool = False
-    """Step an in-process gymnasium.make_vec env instead of a remote one."""
-    jit_rollout: bool = False
-    """Collect rollouts inside lax.scan through the JAX backend's jit step callback."""
+    servers: int = arg(2, "Server processes the embedded endpoint's lanes are split over.")
+    double_buffer: bool = arg(
+        True,
+        "Drive the endpoints as two lane groups: one group's policy runs while the other steps "
+        "(needs two or more endpoints; with one, every lane steps together).",
+    )
+    address: str = arg("", "Train against already running rlmesh endpoints (comma-separated addresses).")
+    sandbox: bool = arg(False, "Serve the env from a rlmesh.jax.SandboxVectorEnv.")
+    local: bool = arg(False, "Step an in-process gymnasium.make_vec env instead of a remote one.")
+    jit_rollout: bool = arg(False, "Collect rollouts inside lax.scan through the JAX backend's jit step callback.")
 
     # --- collect ---
-    num_envs: int = 8
-    """Parallel env lanes (the embedded server, --local and --sandbox create this many)."""
-    num_steps: int = 128
-    """Vector steps per rollout; one update consumes num_envs * num_steps transitions."""
+    num_envs: int = arg(8, "Parallel env lanes (the embedded servers, --local and --sandbox create this many).")
+    num_steps: int = arg(128, "Vector steps per rollout; one update consumes num_envs * num_steps transitions.")
 
     # --- advantage ---
-    gamma: float = 0.99
-    """Discount factor."""
-    gae_lambda: float = 0.95
-    """GAE lambda."""
+    gamma: float = arg(0.99, "Discount factor.")
+    gae_lambda: float = arg(0.95, "GAE lambda.")
 
     # --- update ---
-    learning_rate: float = 5e-4
-    """Adam learning rate at the start of training."""
-    anneal_lr: bool = True
-    """Decay the learning rate linearly to 0 over the run."""
-    num_epochs: int = 4
-    """Passes over each rollout."""
-    num_minibatches: int = 4
-    """Minibatches per epoch."""
-    clip_coef: float = 0.2
-    """PPO surrogate (and value) clipping epsilon."""
-    clip_vloss: bool = True
-    """Clip the value loss around the behaviour values."""
-    norm_adv: bool = True
-    """Normalise advantages per minibatch."""
-    ent_coef: float = 0.01
-    """Entropy bonus weight."""
-    vf_coef: float = 0.5
-    """Value loss weight."""
-    max_grad_norm: float = 0.5
-    """Global gradient-norm clip."""
+    learning_rate: float = arg(5e-4, "Adam learning rate at the start of training.")
+    anneal_lr: bool = arg(True, "Decay the learning rate linearly to 0 over the run.")
+    num_epochs: int = arg(4, "Passes over each rollout.")
+    num_minibatches: int = arg(4, "Minibatches per epoch.")
+    clip_coef: float = arg(0.2, "PPO surrogate (and value) clipping epsilon.")
+    clip_vloss: bool = arg(True, "Clip the value loss around the behaviour values.")
+    norm_adv: bool = arg(True, "Normalise advantages per minibatch.")
+    ent_coef: float = arg(0.01, "Entropy bonus weight.")
+    vf_coef: float = arg(0.5, "Value loss weight.")
+    max_grad_norm: float = arg(0.5, "Global gradient-norm clip.")
 
     # --- evaluation ---
-    eval_episodes: int = 20
-    """Seeds (one episode each) of the final deterministic evaluation."""
-    eval_seed: int = 10_000
-    """First evaluation seed; seeds are eval_seed .. eval_seed + eval_episodes - 1."""
-    stop_return: float = 500.0
-    """Stop early once a deterministic evaluation reaches this mean return (0 disables)."""
-    check_return: float = 475.0
-    """Recent training return that triggers an early-stop evaluation."""
-    check_every: int = 5
-    """Minimum updates between two early-stop evaluations."""
-
-
-def _field_docs(cls: type) -> dict[str, str]:
-    """Map each dataclass field to the docstring that follows it in the class body."""
-    docs: dict[str, str] = {}
-    body = ast.parse(inspect.getsource(cls)).body[0].body  # type: ignore[attr-defined]
-    for node, nxt in itertools.pairwise(body):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(nxt, ast.Expr)
-            and isinstance(nxt.value, ast.Constant)
-        ):
-            docs[node.target.id] = str(nxt.value.value)
-    return docs
+    eval_episodes: int = arg(20, "Seeds (one episode each) of the final deterministic evaluation.")
+    eval_seed: int = arg(10_000, "First evaluation seed; seeds are eval_seed .. eval_seed + eval_episodes - 1.")
+    stop_return: float = arg(500.0, "Stop early once a deterministic evaluation reaches this mean return (0 disables).")
+    check_return: float = arg(475.0, "Recent training return that triggers an early-stop evaluation.")
+    check_every: int = arg(5, "Minimum updates between two early-stop evaluations.")
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
     """Build an argparse parser from :class:`Args` and parse ``argv``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    docs = _field_docs(Args)
+    kinds = {"int": int, "float": float, "str": str}
     for field in dataclasses.fields(Args):
         flag = "--" + field.name.replace("_", "-")
-        help_ = f"{docs.get(field.name, '')} (default: {field.default})"
-        if field.type in (bool, "bool"):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction,
-                                default=field.default, help=help_)
+        help_ = f"{field.metadata['help']} (default: {field.default})"
+        if str(field.type) == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default, help=help_)
         else:
-            kind = {"int": int, "float": float, "str": str}[str(field.type)]
-            parser.add_argument(flag, type=kind, default=field.default, help=help_)
-    return Args(**vars(parser.parse_args(argv)))
+            parser.add_argument(flag, type=kinds[str(field.type)], default=field.default, help=help_)
+    args = Args(**vars(parser.parse_args(argv)))
+    if args.servers < 1:
+        parser.error(f"--servers must be at least 1, got {args.servers}")
+    if args.servers > args.num_envs:
+        parser.error(f"--servers {args.servers} is more than --num-envs {args.num_envs}; give each server a lane")
+    return args
+
+
+def _mode(args: Args) -> str:
+    return "local" if args.local else "sandbox" if args.sandbox else "address" if args.address else "embedded"
 
 
 @contextlib.contextmanager
-def _embedded_server(env_id: str, num_envs: int) -> Iterator[str]:
-    """Serve ``env_id`` from a background ``python -m rlmesh serve`` process; yield its address."""
-    with tempfile.TemporaryDirectory() as tmp:
-        ready = Path(tmp) / "ready"
-        cmd = [sys.executable, "-m", "rlmesh", "serve", env_id, "--num-envs", str(num_envs),
-               "--address", "tcp://127.0.0.1:0", "--ready-file", str(ready), "--quiet"]
-        proc = subprocess.Popen(cmd)
-        try:
-            deadline = time.monotonic() + 60.0
-            while not (ready.exists() and ready.read_text().strip()):
-                if proc.poll() is not None:
-                    raise RuntimeError(f"env server exited with code {proc.returncode}")
-                if time.monotonic() > deadline:
-                    raise TimeoutError("env server did not become ready within 60 s")
-                time.sleep(0.05)
-            yield ready.read_text().strip()
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-@contextlib.contextmanager
-def open_env(args: Args) -> Iterator[Any]:
-    """The only backend-specific code: yield a vector env for the selected backend."""
+def open_envs(args: Args) -> Iterator[list[Any]]:
+    """The only backend-specific code: yield the vector env, or two lane groups to double-buffer."""
     if args.local:
         import gymnasium
 
         env = gymnasium.make_vec(args.env_id, num_envs=args.num_envs, vectorization_mode="sync")
         with contextlib.closing(env):
-            yield env
+            yield [env]
         return
-
     if args.sandbox:
-        env = rlmesh.jax.SandboxVectorEnv(args.env_id, args.num_envs,
-                                          vectorization_mode="sync", rlmesh_package="local")
+        env = rlmesh.jax.SandboxVectorEnv(args.env_id, args.num_envs, vectorization_mode="sync", rlmesh_package="local")
         with contextlib.closing(env):
-            yield env
-    elif args.address:
-        with contextlib.closing(rlmesh.jax.RemoteVectorEnv(args.address)) as env:
-            yield env
-    else:
-        with _embedded_server(args.env_id, args.num_envs) as address, contextlib.closing(
-            rlmesh.jax.RemoteVectorEnv(address)
-        ) as env:
-            yield env
+            yield [env]
+        return
+    with contextlib.ExitStack() as stack:
+        if args.address:
+            addresses = [a.strip() for a in args.address.split(",") if a.strip()]
+        else:
+            server = launch_server(args.env_id, num_envs=args.num_envs, servers=args.servers)
+            addresses = stack.enter_context(server).addresses
+        split = args.double_buffer and not args.jit_rollout and len(addresses) >= 2
+        groups = [addresses[: len(addresses) // 2], addresses[len(addresses) // 2 :]] if split else [addresses]
+        yield [stack.enter_context(contextlib.closing(rlmesh.jax.RemoteVectorEnv(group))) for group in groups]
 
 
 def _action_transform(space: Any, xp: Any) -> Any:
@@ -255,42 +206,49 @@ def save_learning_curve(history: list[dict[str, float]], path: Path, title: str)
 
 
 def train(args: Args) -> dict[str, Any]:
-    """Train PPO with ``args``; write outputs and return the summary dict."""
+    """Train PPO with ``args``; write outputs and return the summary dict.
+
+    Ctrl-C stops training: what was learned so far is saved, the final evaluation skipped.
+    """
     t_start = time.perf_counter()
     out_dir = Path(args.out_dir or f"runs/ppo_cartpole/{time.strftime('%Y%m%d-%H%M%S')}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    batch_size = args.num_envs * args.num_steps
-    num_iterations = max(1, args.total_steps // batch_size)
-    mode = ("local" if args.local else "sandbox" if args.sandbox
-            else "address" if args.address else "embedded")
 
-    with open_env(args) as env:
-        if int(env.num_envs) != args.num_envs:
-            args.num_envs = int(env.num_envs)
-            batch_size = args.num_envs * args.num_steps
-            num_iterations = max(1, args.total_steps // batch_size)
-        obs, _ = env.reset(seed=args.seed)
+    with open_envs(args) as envs:
+        env = envs[0]
+        args.num_envs = sum(int(e.num_envs) for e in envs)
+        batch_size = args.num_envs * args.num_steps
+        num_iterations = max(1, args.total_steps // batch_size)
         model = actor_critic_for(env.single_action_space)
         init_key, collect_key, update_key = jax.random.split(jax.random.PRNGKey(args.seed), 3)
         apply_fn = lambda params, x: model.apply({"params": params}, x)
-        params = model.init(init_key, jnp.asarray(obs))["params"]
-        tx = make_optimizer(args.learning_rate, args.max_grad_norm,
-                            num_iterations * args.num_epochs * args.num_minibatches,
-                            args.anneal_lr)
-        state = TrainState.create(apply_fn=apply_fn, params=params, tx=tx)
-        update = make_update_fn(UpdateConfig(
-            num_epochs=args.num_epochs, num_minibatches=args.num_minibatches,
-            gamma=args.gamma, gae_lambda=args.gae_lambda,
-            loss=LossConfig(args.clip_coef, args.ent_coef, args.vf_coef,
-                            args.clip_vloss, args.norm_adv),
-        ))
         to_env_action = _action_transform(env.single_action_space, np)
         env_state = None
-        if args.jit_rollout:
-            collect, env_state = _jit_rollout_collector(env, apply_fn, args)
-        else:
-            collector = PythonCollector(env, apply_fn, to_env_action)
+        if len(envs) == 2:
+            collector: Any = DoubleBufferedCollector(envs, apply_fn, to_env_action)
+            reset = collector.reset
             collect = lambda p, s: collector.collect(p, s, args.num_steps)
+        else:
+            reset = lambda seed=None: env.reset(seed=seed)[0]
+            if args.jit_rollout:
+                collect, env_state = _jit_rollout_collector(env, apply_fn, args)
+            else:
+                collector = PythonCollector(env, apply_fn, to_env_action)
+                collect = lambda p, s: collector.collect(p, s, args.num_steps)
+        obs = reset(args.seed)
+        params = model.init(init_key, jnp.asarray(obs))["params"]
+        num_updates = num_iterations * args.num_epochs * args.num_minibatches
+        tx = make_optimizer(args.learning_rate, args.max_grad_norm, num_updates, args.anneal_lr)
+        state = TrainState.create(apply_fn=apply_fn, params=params, tx=tx)
+        update = make_update_fn(
+            UpdateConfig(
+                num_epochs=args.num_epochs,
+                num_minibatches=args.num_minibatches,
+                gamma=args.gamma,
+                gae_lambda=args.gae_lambda,
+                loss=LossConfig(args.clip_coef, args.ent_coef, args.vf_coef, args.clip_vloss, args.norm_adv),
+            )
+        )
         greedy = make_greedy_fn(apply_fn)
         eval_seeds = list(range(args.eval_seed, args.eval_seed + args.eval_episodes))
 
@@ -306,78 +264,135 @@ def train(args: Args) -> dict[str, Any]:
         recent: deque[float] = deque(maxlen=20)
         history: list[dict[str, Any]] = []
         checks: list[dict[str, float]] = []
-        env_steps, steps_to_475, last_check, stopped_early = 0, None, -args.check_every, False
+        env_steps, steps_to_475, last_check, stopped_early, interrupted = 0, None, -args.check_every, False, False
         eval_time = 0.0
         t_train = time.perf_counter()
-        bar = tqdm(total=num_iterations * batch_size, unit="step", unit_scale=True,
-                   disable=not args.progress, dynamic_ncols=True)
-        for it in range(num_iterations):
-            rollout, cstate = collect(state.params, cstate)
-            rets, _, running, lengths = episode_returns(rollout, running, lengths)
-            update_key, sub = jax.random.split(update_key)
-            state, metrics = update(state, rollout, sub)
-            env_steps += batch_size
-            dones = np.asarray(rollout.terminations | rollout.truncations)
-            recent.extend(np.asarray(rets)[dones].tolist())
-            recent_return = float(np.mean(recent)) if recent else None
-            if steps_to_475 is None and recent_return is not None and recent_return >= 475.0:
-                steps_to_475 = env_steps
-            elapsed = time.perf_counter() - t_train - eval_time
-            row = {"iteration": it + 1, "env_steps": env_steps, "time_s": elapsed,
-                   "sps": env_steps / elapsed, "recent_return": recent_return,
-                   **{k: float(v) for k, v in metrics.items()}}
-            history.append(row)
-            bar.update(batch_size)
-            bar.set_postfix(ret=f"{recent_return or 0.0:.1f}", loss=f"{row['loss']:.3f}")
+        total = num_iterations * batch_size
+        bar = tqdm(total=total, unit="step", unit_scale=True, disable=not args.progress, dynamic_ncols=True)
+        try:
+            for it in range(num_iterations):
+                rollout, cstate = collect(state.params, cstate)
+                rets, _, running, lengths = episode_returns(rollout, running, lengths)
+                update_key, sub = jax.random.split(update_key)
+                state, metrics = update(state, rollout, sub)
+                env_steps += batch_size
+                dones = np.asarray(rollout.terminations | rollout.truncations)
+                recent.extend(np.asarray(rets)[dones].tolist())
+                recent_return = float(np.mean(recent)) if recent else None
+                if steps_to_475 is None and recent_return is not None and recent_return >= 475.0:
+                    steps_to_475 = env_steps
+                elapsed = time.perf_counter() - t_train - eval_time
+                row = {
+                    "iteration": it + 1,
+                    "env_steps": env_steps,
+                    "time_s": elapsed,
+                    "sps": env_steps / elapsed,
+                    "recent_return": recent_return,
+                    **{k: float(v) for k, v in metrics.items()},
+                }
+                history.append(row)
+                bar.update(batch_size)
+                bar.set_postfix(ret=f"{recent_return or 0.0:.1f}", loss=f"{row['loss']:.3f}")
 
-            if (args.stop_return > 0 and recent_return is not None
-                    and recent_return >= args.check_return and it - last_check >= args.check_every
-                    and it + 1 < num_iterations):
-                last_check = it
-                t_eval = time.perf_counter()
-                score = float(np.mean(run_eval(state.params)))
-                eval_time += time.perf_counter() - t_eval
-                checks.append({"env_steps": env_steps, "eval_return": score})
-                if score >= args.stop_return:
-                    stopped_early = True
-                    break
-                obs, _ = env.reset()
-                cstate = initial_state(obs, cstate.key, cstate.env_state)
-                running, lengths = jnp.zeros_like(running), jnp.zeros_like(lengths)
+                if (
+                    args.stop_return > 0
+                    and recent_return is not None
+                    and recent_return >= args.check_return
+                    and it - last_check >= args.check_every
+                    and it + 1 < num_iterations
+                ):
+                    last_check = it
+                    t_eval = time.perf_counter()
+                    score = float(np.mean(run_eval(state.params)))
+                    eval_time += time.perf_counter() - t_eval
+                    checks.append({"env_steps": env_steps, "eval_return": score})
+                    if score >= args.stop_return:
+                        stopped_early = True
+                        bar.write(
+                            f"stopping early at {env_steps:,} env steps: the deterministic evaluation "
+                            f"scored {score:.1f} >= --stop-return {args.stop_return:g}"
+                        )
+                        break
+                    obs = reset()
+                    cstate = initial_state(obs, cstate.key, cstate.env_state)
+                    running, lengths = jnp.zeros_like(running), jnp.zeros_like(lengths)
+        except KeyboardInterrupt:
+            interrupted = True
+            bar.write(f"interrupted at {env_steps:,} env steps; saving what was learned, skipping the evaluation")
         bar.close()
         train_time = time.perf_counter() - t_train - eval_time
-        final_returns = run_eval(state.params)
+        final_returns = np.zeros(0) if interrupted else run_eval(state.params)
 
     (out_dir / "params.msgpack").write_bytes(flax.serialization.to_bytes(state.params))
     summary = {
-        "mode": mode + ("+jit-rollout" if args.jit_rollout else ""),
+        "mode": _mode(args) + ("+jit-rollout" if args.jit_rollout else ""),
+        "servers": None if args.local or args.sandbox or args.address else args.servers,
+        "double_buffer": len(envs) == 2,
+        "num_envs": args.num_envs,
         "seed": args.seed,
         "env_steps": env_steps,
         "train_time_s": train_time,
         "early_stop_eval_time_s": eval_time,
         "wall_time_s": time.perf_counter() - t_start,
-        "sps": env_steps / train_time,
+        "sps": env_steps / train_time if train_time > 0 else 0.0,
         "steps_to_475": steps_to_475,
         "stopped_early": stopped_early,
+        "interrupted": interrupted,
         "early_stop_checks": checks,
-        "final_eval_mean": float(np.mean(final_returns)),
+        "final_eval_mean": float(np.mean(final_returns)) if final_returns.size else None,
         "final_eval_returns": final_returns.tolist(),
-        "final_loss": history[-1]["loss"],
+        "final_loss": history[-1]["loss"] if history else None,
+        "out_dir": str(out_dir),
     }
-    save_learning_curve(history, out_dir / "learning_curve.png",
-                        f"PPO {args.env_id} ({summary['mode']}, seed {args.seed})")
+    if history:
+        save_learning_curve(
+            history, out_dir / "learning_curve.png", f"PPO {args.env_id} ({summary['mode']}, seed {args.seed})"
+        )
     summary["wall_time_s"] = time.perf_counter() - t_start
-    (out_dir / "metrics.json").write_text(json.dumps(
-        {"args": dataclasses.asdict(args), "summary": summary, "history": history}, indent=1))
+    (out_dir / "metrics.json").write_text(
+        json.dumps({"args": dataclasses.asdict(args), "summary": summary, "history": history}, indent=1)
+    )
     return summary
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point: parse flags, train, print the summary."""
+def describe(summary: dict[str, Any], args: Args) -> str:
+    """A few lines for a person: what ran, how it went, where the files are."""
+    backend = summary["mode"]
+    if summary["servers"]:
+        backend += f", {summary['servers']} server{'s' * (summary['servers'] > 1)}"
+    if summary["double_buffer"]:
+        backend += ", double-buffered"
+    if summary["interrupted"]:
+        outcome = "interrupted (Ctrl-C); no final evaluation"
+    else:
+        returns = summary["final_eval_returns"]
+        outcome = (
+            f"final evaluation: mean return {summary['final_eval_mean']:.1f} over {len(returns)} seeds "
+            f"(min {min(returns):.0f}, max {max(returns):.0f})"
+        )
+    end = "stopped early (evaluation reached --stop-return)" if summary["stopped_early"] else "full budget"
+    return "\n".join(
+        [
+            f"PPO {args.env_id}, seed {summary['seed']} ({backend}, {summary['num_envs']} lanes)",
+            f"  trained {summary['env_steps']:,} env steps in {summary['train_time_s']:.1f} s "
+            f"({summary['sps']:,.0f} steps/s; {end}); {summary['wall_time_s']:.1f} s in all",
+            f"  {outcome}",
+            f"  files in {summary['out_dir']}: metrics.json, learning_curve.png, params.msgpack",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: parse flags, train, print the summary; returns the exit code."""
     args = parse_args(argv)
-    summary = train(args)
-    print(json.dumps({k: v for k, v in summary.items() if k != "final_eval_returns"}, indent=1))
+    try:
+        summary = train(args)
+    except KeyboardInterrupt:  # before training started (servers starting, compiling)
+        print("interrupted before training started; nothing to save", file=sys.stderr)
+        return 130
+    print(describe(summary, args))
+    return 130 if summary["interrupted"] else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -7,11 +7,21 @@
 * :mod:`.loss` - the clipped PPO loss with value and entropy terms.
 * :mod:`.optim` - gradient clipping + Adam with linear learning-rate annealing.
 * :mod:`.update` - epochs x minibatches as one jitted update.
-* :mod:`.rollout` - jitted policy step, Python-loop and ``lax.scan`` collectors.
+* :mod:`.rollout` - jitted policy step, Python-loop, double-buffered and ``lax.scan`` collectors.
 
 Evaluate a trained policy with ``rlmesh.jax.Model(predict_batch_fn=...).run(env, seeds=...)``
 (see :func:`.rollout.make_greedy_fn` for the argmax policy).
 """
+
+from rlmesh.errors import missing_extra
+
+try:
+    import chex  # noqa: F401
+    import flax  # noqa: F401
+    import jax  # noqa: F401
+    import optax  # noqa: F401
+except ImportError as _error:
+    raise missing_extra("flax", _error.name or "jax, flax, optax and chex") from _error
 
 from rlmesh.integrations.ppo.gae import gae, rollout_gae
 from rlmesh.integrations.ppo.loss import LossConfig, masked_mean, ppo_loss, ppo_loss_terms
@@ -19,6 +29,7 @@ from rlmesh.integrations.ppo.networks import ActorCritic, actor_critic_for
 from rlmesh.integrations.ppo.optim import make_optimizer
 from rlmesh.integrations.ppo.rollout import (
     CollectorState,
+    DoubleBufferedCollector,
     PythonCollector,
     episode_returns,
     initial_state,
@@ -35,6 +46,7 @@ __all__ = [
     "ActorCritic",
     "Batch",
     "CollectorState",
+    "DoubleBufferedCollector",
     "LossConfig",
     "PythonCollector",
     "Rollout",

@@ -7,7 +7,7 @@ transitions. ``valid`` marks NEXT_STEP reset steps (see :mod:`.storage`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -120,9 +120,7 @@ class PythonCollector:
         self._act = make_act_fn(apply_fn)
         self._value = make_value_fn(apply_fn)
 
-    def collect(
-        self, params: Any, state: CollectorState, num_steps: int
-    ) -> tuple[Rollout, CollectorState]:
+    def collect(self, params: Any, state: CollectorState, num_steps: int) -> tuple[Rollout, CollectorState]:
         """Run ``num_steps`` vector steps; return the rollout and the state to continue from."""
         obs, key = state.obs, state.key
         cols: tuple[list[Any], ...] = tuple([] for _ in range(7))
@@ -135,6 +133,103 @@ class PythonCollector:
             obs = next_obs
         obs = jnp.asarray(obs)
         rollout = _assemble(*cols, state.first_valid, self._value(params, obs))
+        done_last = rollout.terminations[-1] | rollout.truncations[-1]
+        return rollout, CollectorState(obs, ~done_last, key, state.env_state)
+
+
+@jax.jit
+def _assemble_groups(
+    groups: tuple[tuple[list[Any], ...], ...], first_valid: jax.Array, last_value: jax.Array
+) -> Rollout:
+    """Stack each lane group's columns over time, then join the groups along the lane axis."""
+
+    def column(i: int, dtype: Any = None) -> jax.Array:
+        stacked = [jnp.stack(group[i]) for group in groups]
+        joined = jnp.concatenate(stacked, axis=1)
+        return joined if dtype is None else joined.astype(dtype)
+
+    term, trunc = column(5, bool), column(6, bool)
+    return Rollout(
+        obs=column(0),
+        actions=column(1),
+        logprobs=column(2),
+        values=column(3),
+        rewards=column(4, jnp.float32),
+        terminations=term,
+        truncations=trunc,
+        valid=reset_step_mask(term | trunc, first_valid),
+        last_value=last_value,
+    )
+
+
+class DoubleBufferedCollector:
+    """Collects rollouts from two lane groups, computing one group's policy while the other steps.
+
+    The Sample Factory scheme: each group is its own vector env (for example one rlmesh
+    endpoint each), driven with ``step_async``/``step_wait``. After group A's step returns, the
+    policy for A runs while group B's step is still in flight on its endpoint, and the other
+    way round, so neither the envs nor the learner sit idle waiting for each other.
+
+    The rollout has the lanes of ``envs[0]`` first, then those of ``envs[1]``; each group draws
+    its actions from its own key, so the samples differ from :class:`PythonCollector`'s for
+    the same key (the learning problem is the same).
+
+    Args:
+        envs: Two vector envs with ``step_async``/``step_wait`` (``rlmesh`` remote vector envs,
+            Gymnasium vector envs).
+        apply_fn: ``apply_fn(params, obs) -> (policy_output, values)``.
+        to_env_action: As for :class:`PythonCollector`.
+
+    Raises:
+        ValueError: not exactly two envs.
+    """
+
+    def __init__(
+        self,
+        envs: Sequence[Any],
+        apply_fn: ApplyFn,
+        to_env_action: Callable[[jax.Array], Any] = np.asarray,
+    ) -> None:
+        if len(envs) != 2:
+            raise ValueError(f"DoubleBufferedCollector takes two lane groups (vector envs), got {len(envs)}")
+        self.envs = tuple(envs)
+        self.sizes = tuple(int(env.num_envs) for env in envs)
+        self.to_env_action = to_env_action
+        self._act = make_act_fn(apply_fn)
+        self._value = make_value_fn(apply_fn)
+
+    def reset(self, seed: int | None = None) -> Any:
+        """Reset both groups (lane i gets ``seed + i`` across the groups); returns the joined observations."""
+        first = self.sizes[0]
+        obs_a, _ = self.envs[0].reset(seed=seed)
+        obs_b, _ = self.envs[1].reset(seed=None if seed is None else seed + first)
+        return jnp.concatenate([jnp.asarray(obs_a), jnp.asarray(obs_b)])
+
+    def collect(self, params: Any, state: CollectorState, num_steps: int) -> tuple[Rollout, CollectorState]:
+        """Run ``num_steps`` vector steps on both groups; return the joined rollout and next state."""
+        first = self.sizes[0]
+        key, *group_keys = jax.random.split(state.key, 3)
+        observations = [state.obs[:first], state.obs[first:]]
+        columns: list[tuple[list[Any], ...]] = [tuple([] for _ in range(7)) for _ in self.envs]
+        pending: list[tuple[Any, ...]] = [(), ()]
+
+        def send(group: int) -> None:
+            action, logprob, value, group_keys[group] = self._act(params, observations[group], group_keys[group])
+            self.envs[group].step_async(self.to_env_action(action))
+            pending[group] = (observations[group], action, logprob, value)
+
+        send(0)
+        send(1)
+        for t in range(num_steps):
+            for group, env in enumerate(self.envs):
+                next_obs, reward, term, trunc, _ = env.step_wait()
+                for col, x in zip(columns[group], (*pending[group], reward, term, trunc), strict=True):
+                    col.append(x)
+                observations[group] = next_obs
+                if t + 1 < num_steps:
+                    send(group)  # this group's policy runs while the other group steps
+        obs = jnp.concatenate([jnp.asarray(o) for o in observations])
+        rollout = _assemble_groups(tuple(columns), state.first_valid, self._value(params, obs))
         done_last = rollout.terminations[-1] | rollout.truncations[-1]
         return rollout, CollectorState(obs, ~done_last, key, state.env_state)
 
@@ -204,7 +299,5 @@ def episode_returns(
         return (jnp.where(done, 0.0, ret), jnp.where(done, 0, length)), (ret, length)
 
     dones = rollout.terminations | rollout.truncations
-    (running, lengths), (rets, lens) = jax.lax.scan(
-        body, (running, lengths), (rollout.rewards, rollout.valid, dones)
-    )
+    (running, lengths), (rets, lens) = jax.lax.scan(body, (running, lengths), (rollout.rewards, rollout.valid, dones))
     return rets, lens, running, lengths

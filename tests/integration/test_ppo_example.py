@@ -6,6 +6,7 @@ import importlib.util
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -69,7 +70,7 @@ def test_example_smoke_with_embedded_server(tmp_path: Path) -> None:
                           env=env, capture_output=True, text=True, timeout=240, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = _check_outputs(out, 4)
-    assert summary["mode"] == "embedded"
+    assert summary["mode"] == "embedded" and summary["servers"] == 2 and summary["double_buffer"]
 
 
 @pytest.mark.slow
@@ -125,3 +126,37 @@ def test_jit_rollout_transitions_equal_python_loop(serve: Callable[..., Any]) ->
         np.testing.assert_allclose(getattr(py, name), getattr(sc, name), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(py_state.first_valid, sc_state.first_valid)
     np.testing.assert_array_equal(py_state.key, sc_state.key)
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_what_it_has_and_exits_without_a_traceback(tmp_path: Path) -> None:
+    """SIGINT once training reports progress: a summary line, saved params, exit code 130."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    out = tmp_path / "run"
+    command = [sys.executable, str(EXAMPLE), "--total-steps", "10000000", "--num-envs", "4",
+               "--num-steps", "32", "--out-dir", str(out)]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stderr is not None and proc.stdout is not None
+    seen = b""
+    while b"ret=" not in seen:  # tqdm shows the return once the first update is done
+        chunk = proc.stderr.read1(4096)
+        assert chunk, f"the example ended before training: {seen.decode()[-2000:]}"
+        seen += chunk
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    proc.stdout.close()
+    proc.stderr.close()
+    errors, output = seen.decode() + stderr.decode(), stdout.decode()
+    assert proc.returncode == 130, errors[-2000:]
+    assert "Traceback" not in errors + output, errors[-4000:]
+    assert "interrupted at" in output and "interrupted (Ctrl-C); no final evaluation" in output, output
+    assert (out / "params.msgpack").stat().st_size > 0
+    summary = json.loads((out / "metrics.json").read_text())["summary"]
+    assert summary["interrupted"] and summary["env_steps"] > 0
+
+
+def test_bad_server_count_is_a_one_line_usage_error() -> None:
+    example = _load_example()
+    with pytest.raises(SystemExit):
+        example.parse_args(["--servers", "9", "--num-envs", "4"])
