@@ -76,13 +76,18 @@ def time_calls(call: Callable[[], Any], *, iterations: int, warmup: int = 50, nu
         for _ in range(number):
             call()
         samples.append((clock() - start) / 1000 / number)
-    samples.sort()
+    return summarize(samples)
+
+
+def summarize(samples_us: Sequence[float]) -> dict[str, float]:
+    """Median, mean, p90 and calls per second of per-call times in microseconds."""
+    samples = sorted(samples_us)
     return {
         "median_us": statistics.median(samples),
         "mean_us": statistics.fmean(samples),
         "p90_us": samples[int(0.9 * (len(samples) - 1))],
         "per_s": 1e6 / statistics.fmean(samples),
-        "iterations": iterations,
+        "iterations": len(samples),
     }
 
 
