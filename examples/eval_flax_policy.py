@@ -60,7 +60,8 @@ def main() -> None:
     print(result.summary())
     print(f"  episodes:     {result.num_episodes}")
     print(f"  mean reward:  {result.mean_reward:.1f} +/- {result.std_reward:.1f}")
-    print(f"  success rate: {result.success_rate:.0%}  (CartPole: terminated counts as success unless info says)")
+    if result.success_rate == result.success_rate:  # NaN when the env reports no success (CartPole)
+        print(f"  success rate: {result.success_rate:.0%}")
     print(f"  total steps:  {result.total_steps} in {result.wall_s:.2f}s ({result.steps_per_s:,.0f} steps/s)")
     print(f"  jit traces:   {policy.trace_counts}")
 

@@ -47,10 +47,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlmesh._jax_values import JAX_BRIDGE, JaxValue
+from rlmesh._jax_bridge import JAX_BRIDGE, JaxValue
 from rlmesh.checks import make_observation_checker
-from rlmesh.evaluation import EpisodeResult
-from rlmesh.models import ModelBase
+from rlmesh.models import EpisodeResult, ModelBase
 from rlmesh.specs import BoxSpec, DictSpec, DiscreteSpec, EnvContract, SpaceSpec, TextSpec, TupleSpec
 
 __all__ = ["FlaxPolicy", "from_apply_fn", "from_linen", "from_nnx"]
@@ -131,7 +130,7 @@ class FlaxPolicy(ModelBase[JaxValue, JaxValue]):
         select_fn: ``select_fn(output, key) -> action`` replacing the built-in selection.
         max_traces: Wrap the step functions in ``chex.assert_max_traces(n=max_traces)``.
         device: Device for observations and parameters (``jax.Device`` or a name).
-        on_episode_end: Called with each finished :class:`~rlmesh.evaluation.EpisodeResult`.
+        on_episode_end: Called with each finished :class:`~rlmesh.models.EpisodeResult`.
         on_close: Called once by :meth:`close`.
         param_transform: Applied to parameters given to :meth:`update_params` (NNX: module
             to state).

@@ -21,9 +21,8 @@ from rlmesh.errors import (
     RLMeshError,
     SandboxError,
 )
-from rlmesh.evaluation import EpisodeResult, RunResult
-from rlmesh.models import RANDOM_SAMPLE, Model, ModelBase, run
-from rlmesh.plain import RemoteEnv, RemoteVectorEnv, SandboxEnv, SandboxVectorEnv
+from rlmesh.models import RANDOM_SAMPLE, EpisodeResult, ModelBase, RunResult, run
+from rlmesh.plain import Model, RemoteEnv, RemoteVectorEnv, SandboxEnv, SandboxVectorEnv
 from rlmesh.sandbox import SandboxBuildError, SandboxOptions, SandboxStartupError
 from rlmesh.server import EnvServer, ServeOptions
 from rlmesh.specs import EnvContract, SpaceSpec

@@ -59,8 +59,8 @@ class Bridge:
             return self.resolve_device(request)
         if request is not None and request != "cpu":
             raise ValueError(
-                f"device {request!r}: the {self.name!r} backend keeps values on the host; pass None or 'cpu' "
-                "(use rlmesh.jax to place them on an accelerator)"
+                f"device {request!r}: the {self.name!r} backend keeps observations on the host; pass None or "
+                "'cpu' (use rlmesh.jax to place them on an accelerator)"
             )
         return None
 
@@ -95,3 +95,49 @@ NUMPY_BRIDGE = Bridge(
     to_numpy=to_numpy,
     is_array=lambda value: isinstance(value, np.ndarray),
 )
+
+
+_PRIMITIVES = (bool, int, float, str, bytes)
+
+
+def converter(source: Bridge, target: Bridge) -> Callable[[Any], Any]:
+    """A function re-decoding value trees of ``source``'s backend into ``target``'s.
+
+    Tensors are decoded by ``target`` (zero-copy where it can); other arrays go through NumPy.
+    """
+    if source is target:
+        return lambda value: value
+    decode, from_numpy, is_target = target.decode_leaf, target.from_numpy, target.is_array
+
+    def convert(value: Any) -> Any:
+        if value is None or isinstance(value, _PRIMITIVES) or is_target(value):
+            return value
+        if isinstance(value, Tensor):
+            return decode(value)
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, dict):
+            return {key: convert(item) for key, item in value.items()}
+        if isinstance(value, tuple):
+            return tuple(convert(item) for item in value)
+        if isinstance(value, list):
+            return [convert(item) for item in value]
+        return from_numpy(to_numpy(value))
+
+    return convert
+
+
+def host_tree(value: Any) -> Any:
+    """A value tree with NumPy arrays (Python scalars for 0-d) in place of backend arrays."""
+    if value is None or isinstance(value, _PRIMITIVES):
+        return value
+    if isinstance(value, dict):
+        return {key: host_tree(item) for key, item in value.items()}
+    if isinstance(value, tuple):
+        return tuple(host_tree(item) for item in value)
+    if isinstance(value, list):
+        return [host_tree(item) for item in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    array = to_numpy(value)
+    return array.item() if array.ndim == 0 and array.dtype != object else array

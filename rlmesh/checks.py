@@ -98,8 +98,8 @@ def _scalar_text(value: Any) -> str:
         return f"{value!r:.60}"
 
 
-def _as_numpy(value: Any) -> np.ndarray:
-    """A host NumPy view/copy of an array-like leaf, refusing tracers."""
+def _as_numpy(value: Any, expected: str) -> np.ndarray:
+    """A host NumPy view/copy of an array-like leaf; _Fail for tracers and non-arrays."""
     if isinstance(value, np.ndarray):
         return value
     if isinstance(value, Tensor):
@@ -107,15 +107,15 @@ def _as_numpy(value: Any) -> np.ndarray:
     jax = _jax()
     if jax is not None and isinstance(value, jax.core.Tracer):
         raise _Fail(
-            "a concrete value, found a traced value (checks run outside jax.jit; inside jit "
+            f"{expected} (a concrete value), found a traced value (checks run outside jax.jit; inside jit "
             "use rlmesh.integrations.jit_step)"
         )
     try:
         array = np.asarray(value)
     except ValueError:  # ragged nested lists
-        raise _Fail(f"an array-like value, found {_describe(value)}") from None
+        raise _Fail(f"{expected}, found {_describe(value)}") from None
     if array.dtype == object:
-        raise _Fail(f"an array-like value, found {_describe(value)}")
+        raise _Fail(f"{expected}, found {_describe(value)}")
     return array
 
 
@@ -193,13 +193,13 @@ def _array_checker(
                 value = value.numpy()
             dtype = getattr(value, "dtype", None)
             if dtype is None or getattr(value, "shape", None) is None:
-                array = _as_numpy(value)
+                array = _as_numpy(value, expected)
             else:
                 if value.shape != shape or dtype.kind not in kinds:
                     raise _Fail(f"{expected}, found {_describe(value)}")
                 if not bounded:
                     return
-                array = _as_numpy(value)
+                array = _as_numpy(value, expected)
         if array.shape != shape or array.dtype.kind not in kinds:
             raise _Fail(f"{expected}, found {_describe(value)}")
         if bounded and size and not in_bounds(array):
@@ -265,7 +265,7 @@ def _discrete_scalar(start: int, n: int, what: str) -> Checker:
         dtype = getattr(value, "dtype", None)
         if dtype is not None and (dtype.kind not in _INT_KINDS or getattr(value, "shape", ()) != ()):
             raise _Fail(f"{expected}, found {_describe(value)}")
-        array = _as_numpy(value)
+        array = _as_numpy(value, expected)
         if array.shape != () or array.dtype.kind not in _INT_KINDS:
             raise _Fail(f"{expected}, found {_describe(value)}")
         if not start <= array.item() < stop:

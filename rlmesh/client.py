@@ -26,7 +26,28 @@ ActT = TypeVar("ActT")
 
 
 class _RemoteBase(Generic[ObsT, ActT]):
-    """Connection, handshake and lifetime shared by single and vector clients."""
+    """Connection, handshake and lifetime shared by single and vector clients.
+
+    Args:
+        address: Endpoint such as ``"tcp://127.0.0.1:5555"``, ``"127.0.0.1:5555"``, a port,
+            or ``"unix:///tmp/env.sock"``; for a vector client also a list of addresses.
+        host: TCP host used when ``address`` is omitted.
+        port: TCP port used when ``address`` is omitted.
+        path: Unix socket path used when ``address`` is omitted.
+        transport: ``"tcp"`` or ``"ipc"``/``"unix"``.
+        connect_timeout_seconds: How long to wait for the endpoint's handshake.
+        request_timeout_seconds: Per-request limit (None: wait, but a dead server still
+            raises within a few seconds).
+        validate_actions: Check actions locally when the backend provides a checker.
+        validate_observations: Check decoded observations against the observation space.
+        busy_poll_seconds: Spin up to this long for each reply before sleeping (default 1 ms;
+            0 disables). Halves round-trip latency where thread wake-ups are slow, at the cost
+            of a busy core while a reply is awaited.
+        curve_server_key: The server's CURVE public key (z85 text or its certificate file);
+            with ``curve_secret_key``, authenticates and encrypts the connection.
+        curve_secret_key: This client's secret certificate file (``rlmesh keygen``); the
+            server must list its public key.
+    """
 
     bridge: ClassVar[Bridge] = TENSOR_BRIDGE
     _expects_vector: ClassVar[bool] = False
@@ -82,6 +103,10 @@ class _RemoteBase(Generic[ObsT, ActT]):
             self._action_check = make_action_checker(self._contract.action_space, num_envs=num_envs)
         if validate_observations:
             self._observation_check = make_observation_checker(self._contract.observation_space, num_envs=num_envs)
+        self._build_spaces()
+
+    def _build_spaces(self) -> None:
+        """Set the space attributes from the contract (single and vector clients differ)."""
 
     def _resolve(self, addresses: Sequence[Any], host: Any, port: Any, path: Any, transport: str | None) -> list[str]:
         if not self._expects_vector:
@@ -205,34 +230,13 @@ class _RemoteBase(Generic[ObsT, ActT]):
 class RemoteEnvBase(_RemoteBase[ObsT, ActT]):
     """A Gymnasium-style client for one remote environment.
 
-    Args:
-        address: Endpoint such as ``"tcp://127.0.0.1:5555"``, ``"127.0.0.1:5555"``, a port,
-            or ``"unix:///tmp/env.sock"``.
-        host: TCP host used when ``address`` is omitted.
-        port: TCP port used when ``address`` is omitted.
-        path: Unix socket path used when ``address`` is omitted.
-        transport: ``"tcp"`` or ``"ipc"``/``"unix"``.
-        connect_timeout_seconds: How long to wait for the endpoint's handshake.
-        request_timeout_seconds: Per-request limit (None: wait, but a dead server still
-            raises within a few seconds).
-        validate_actions: Check actions locally when the backend provides a checker.
-        validate_observations: Check decoded observations against the observation space.
-        busy_poll_seconds: Spin up to this long for each reply before sleeping (default 1 ms;
-            0 disables). Halves round-trip latency where thread wake-ups are slow, at the cost
-            of a busy core while a reply is awaited.
-        curve_server_key: The server's CURVE public key (z85 text or its certificate file);
-            with ``curve_secret_key``, authenticates and encrypts the connection.
-        curve_secret_key: This client's secret certificate file (``rlmesh keygen``); the
-            server must list its public key.
-
     Raises:
         ConnectionError: the endpoint could not be reached within the connect timeout, or
             refused the CURVE handshake (the message says why).
         ValueError: the endpoint serves a vector env, or only one CURVE key was given.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def _build_spaces(self) -> None:
         self.observation_space: Space[ObsT] = space_from_spec(self._contract.observation_space, self.bridge)
         self.action_space: Space[ActT] = space_from_spec(self._contract.action_space, self.bridge)
 
@@ -257,7 +261,7 @@ class RemoteEnvBase(_RemoteBase[ObsT, ActT]):
 class RemoteVectorEnvBase(_RemoteBase[ObsT, ActT]):
     """A Gymnasium-vector-style client for one remote vector env, or several endpoints joined.
 
-    Takes the same arguments as :class:`RemoteEnvBase`; ``address`` may also be a list of
+    ``address`` may also be a list of
     addresses, each serving a vector or a single env, joined into one vector env whose lanes
     are the endpoints' lanes in order (``reset(seed=s)`` gives lane i the seed ``s + i``).
     Each call is sent to every endpoint before any reply is awaited, so endpoints step in
@@ -275,8 +279,7 @@ class RemoteVectorEnvBase(_RemoteBase[ObsT, ActT]):
 
     _expects_vector = True
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def _build_spaces(self) -> None:
         contract = self._contract
         assert contract.num_envs is not None
         self.num_envs: int = contract.num_envs

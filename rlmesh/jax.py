@@ -24,20 +24,18 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, final
+from typing import Any
 
-from rlmesh._jax_values import (
-    JAX_BRIDGE,
-    JaxValue,
-    asarray,
-    ensure_available,
-    from_array,
-    space_from_spec,
-)
+from rlmesh._jax_bridge import JAX_BRIDGE, JaxValue, asarray, from_array
+from rlmesh._jax_version import ensure_available
+from rlmesh.backends import backend_class
 from rlmesh.client import RemoteEnvBase, RemoteVectorEnvBase
 from rlmesh.models import ModelBase
 from rlmesh.sandbox.env import SandboxEnvBase, SandboxVectorEnvBase
 from rlmesh.sandbox.options import SandboxOptions
+from rlmesh.spaces import Space
+from rlmesh.spaces import space_from_spec as _space_from_spec
+from rlmesh.specs import SpaceSpec
 
 __all__ = [
     "JAX_BRIDGE",
@@ -55,80 +53,44 @@ __all__ = [
 ]
 
 
-class _RequiresJax:
-    """Mixin: constructing the class raises the ensure_available ImportError without JAX."""
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
-        ensure_available()
-        return super().__new__(cls)
-
-
-@final
-class RemoteEnv(_RequiresJax, RemoteEnvBase[JaxValue, JaxValue]):
-    """Experimental JAX-backed remote client for one environment.
-
-    Tensor leaves decode to JAX arrays while Python primitives and nested containers are
-    preserved.
+def space_from_spec(spec: SpaceSpec) -> Space[JaxValue]:
+    """Create a JAX-adapted space wrapper for a native space spec.
 
     Args:
-        address: Endpoint address such as ``"tcp://127.0.0.1:5555"``.
-        host: TCP host helper used when ``address`` is omitted.
-        port: TCP port helper used when ``address`` is omitted.
-        path: Unix socket path helper used when ``address`` is omitted.
-        transport: Explicit transport selector.
+        spec: A :class:`rlmesh.specs.SpaceSpec` (or its dict form).
+
+    Returns:
+        A space whose ``sample()`` returns JAX arrays (seeded through ``space.seed``) and whose
+        ``contains()`` accepts JAX arrays, NumPy arrays and Python values.
+
+    Raises:
+        ImportError: JAX is missing or too old (see :func:`ensure_available`).
     """
-
-    bridge = JAX_BRIDGE
-
-
-@final
-class RemoteVectorEnv(_RequiresJax, RemoteVectorEnvBase[JaxValue, JaxValue]):
-    """Experimental JAX-backed remote client for vectorized environments.
-
-    Args:
-        address: Endpoint address such as ``"tcp://127.0.0.1:5555"``.
-        host: TCP host helper used when ``address`` is omitted.
-        port: TCP port helper used when ``address`` is omitted.
-        path: Unix socket path helper used when ``address`` is omitted.
-        transport: Explicit transport selector.
-    """
-
-    bridge = JAX_BRIDGE
+    ensure_available()
+    return _space_from_spec(spec, bridge=JAX_BRIDGE)
 
 
-@final
-class Model(_RequiresJax, ModelBase[JaxValue, JaxValue]):
-    """Experimental JAX-backed model: predict works in JAX values.
-
-    The JAX-typed ModelBase; see it for the source/spec construction and
-    ``run(env, seeds=[...]) -> RunResult`` eval. ``predict_fn`` receives JAX-decoded
-    observations.
-    """
-
-    bridge = JAX_BRIDGE
+def _jax_class(summary: str, **attributes: Any) -> Any:
+    return backend_class(JAX_BRIDGE, f"Experimental JAX-backed {summary}", require=ensure_available, **attributes)
 
 
-@final
-class SandboxEnv(_RequiresJax, SandboxEnvBase[JaxValue, JaxValue]):
-    """Experimental JAX-backed owned sandbox session for one environment.
-
-    The owned sandbox client is :class:`rlmesh.jax.RemoteEnv`; see
-    :class:`rlmesh.sandbox.env.SandboxEnvBase` for the parameters (``source``, ``base_image``,
-    ``rlmesh_package``, ``packages``, ``imports``, ``trust_remote_code``,
-    ``allow_unpinned_hf``, ``**gym_make_kwargs``).
-    """
-
-    client_class = RemoteEnv
+@_jax_class("remote client for one environment; tensor leaves decode to JAX arrays.")
+class RemoteEnv(RemoteEnvBase[JaxValue, JaxValue]): ...
 
 
-@final
-class SandboxVectorEnv(_RequiresJax, SandboxVectorEnvBase[JaxValue, JaxValue]):
-    """Experimental JAX-backed owned sandbox session for vectorized environments.
+@_jax_class("remote client for vectorized environments; batched values are JAX arrays.")
+class RemoteVectorEnv(RemoteVectorEnvBase[JaxValue, JaxValue]): ...
 
-    The owned sandbox client is :class:`rlmesh.jax.RemoteVectorEnv`; see
-    :class:`rlmesh.sandbox.env.SandboxVectorEnvBase` for the parameters (``source``,
-    ``num_envs``, ``vectorization_mode``, ``base_image``, ``rlmesh_package``, ``packages``,
-    ``imports``, ``trust_remote_code``, ``allow_unpinned_hf``, ``**env_make_kwargs``).
-    """
 
-    client_class = RemoteVectorEnv
+@_jax_class("model: ``predict_fn`` receives JAX-decoded observations.")
+class Model(ModelBase[JaxValue, JaxValue]): ...
+
+
+@_jax_class("owned sandbox session for one environment; its client is RemoteEnv.", client_class=RemoteEnv)
+class SandboxEnv(SandboxEnvBase[JaxValue, JaxValue]): ...
+
+
+@_jax_class(
+    "owned sandbox session for vectorized environments; its client is RemoteVectorEnv.", client_class=RemoteVectorEnv
+)
+class SandboxVectorEnv(SandboxVectorEnvBase[JaxValue, JaxValue]): ...

@@ -9,10 +9,11 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, final
+from typing import Any
 
 import numpy as np
 
+from rlmesh.backends import backend_class
 from rlmesh.bridges import NUMPY_BRIDGE
 from rlmesh.client import RemoteEnvBase, RemoteVectorEnvBase
 from rlmesh.models import ModelBase
@@ -21,6 +22,18 @@ from rlmesh.sandbox.options import SandboxOptions
 from rlmesh.spaces import Space
 from rlmesh.spaces import space_from_spec as _space_from_spec
 from rlmesh.specs import SpaceSpec
+
+__all__ = [
+    "Model",
+    "NumpyValue",
+    "RemoteEnv",
+    "RemoteVectorEnv",
+    "SandboxEnv",
+    "SandboxOptions",
+    "SandboxVectorEnv",
+    "asarray",
+    "space_from_spec",
+]
 
 NumpyValue = Any
 """A value tree whose tensor leaves are ``numpy.ndarray``."""
@@ -36,49 +49,27 @@ def asarray(tensor: Any) -> np.ndarray:
     return NUMPY_BRIDGE.decode_leaf(tensor)
 
 
-@final
-class RemoteEnv(RemoteEnvBase[NumpyValue, NumpyValue]):
-    """Remote client for one environment; tensor leaves decode to NumPy arrays."""
-
-    bridge = NUMPY_BRIDGE
+@backend_class(NUMPY_BRIDGE, "Remote client for one environment; tensor leaves decode to NumPy arrays.")
+class RemoteEnv(RemoteEnvBase[NumpyValue, NumpyValue]): ...
 
 
-@final
-class RemoteVectorEnv(RemoteVectorEnvBase[NumpyValue, NumpyValue]):
-    """Remote client for a vector environment; batched values are NumPy arrays."""
-
-    bridge = NUMPY_BRIDGE
+@backend_class(NUMPY_BRIDGE, "Remote client for a vector environment; batched values are NumPy arrays.")
+class RemoteVectorEnv(RemoteVectorEnvBase[NumpyValue, NumpyValue]): ...
 
 
-@final
-class Model(ModelBase[NumpyValue, NumpyValue]):
-    """NumPy-backed model: ``predict`` receives NumPy observations."""
-
-    bridge = NUMPY_BRIDGE
+@backend_class(NUMPY_BRIDGE, "NumPy-backed model: ``predict`` receives NumPy observations.")
+class Model(ModelBase[NumpyValue, NumpyValue]): ...
 
 
-@final
-class SandboxEnv(SandboxEnvBase[NumpyValue, NumpyValue]):
-    """Owned sandbox session for one environment; its client is :class:`RemoteEnv`."""
-
-    client_class = RemoteEnv
-
-
-@final
-class SandboxVectorEnv(SandboxVectorEnvBase[NumpyValue, NumpyValue]):
-    """Owned sandbox session for a vector environment; its client is :class:`RemoteVectorEnv`."""
-
-    client_class = RemoteVectorEnv
+@backend_class(
+    NUMPY_BRIDGE, "Owned sandbox session for one environment; its client is RemoteEnv.", client_class=RemoteEnv
+)
+class SandboxEnv(SandboxEnvBase[NumpyValue, NumpyValue]): ...
 
 
-__all__ = [
-    "Model",
-    "NumpyValue",
-    "RemoteEnv",
-    "RemoteVectorEnv",
-    "SandboxEnv",
-    "SandboxOptions",
-    "SandboxVectorEnv",
-    "asarray",
-    "space_from_spec",
-]
+@backend_class(
+    NUMPY_BRIDGE,
+    "Owned sandbox session for a vector environment; its client is RemoteVectorEnv.",
+    client_class=RemoteVectorEnv,
+)
+class SandboxVectorEnv(SandboxVectorEnvBase[NumpyValue, NumpyValue]): ...

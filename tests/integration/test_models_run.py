@@ -12,8 +12,9 @@ from envs import CrashingEnv, DictTupleEnv
 
 import rlmesh
 import rlmesh.numpy as rn
+from rlmesh import Model
 from rlmesh.errors import EnvBusyError, InvalidActionError, RemoteEnvError
-from rlmesh.models import RANDOM_SAMPLE, Model, run
+from rlmesh.models import RANDOM_SAMPLE, run
 from rlmesh.tensor import Tensor
 
 jax = pytest.importorskip("jax")
@@ -54,7 +55,7 @@ def hand_vector(client: Any, seeds: list[int]) -> list[tuple[int, float, int]]:
     n = client.num_envs
     out: list[tuple[int, float, int]] = []
     for start in range(0, len(seeds), n):
-        chunk = seeds[start:start + n]
+        chunk = seeds[start : start + n]
         obs, _ = client.reset(seed=chunk + [None] * (n - len(chunk)))
         totals, steps = np.zeros(n), np.zeros(n, int)
         running = np.arange(n) < len(chunk)
@@ -210,11 +211,11 @@ def test_invalid_model_output_names_the_action_and_the_space(serve) -> None:
         NumpyModel(lambda obs: 2).run(single.address)
     with pytest.raises(InvalidActionError, match=r"action.*\(Box.*the action space is Box"):
         NumpyModel(lambda obs: np.array([5.0], np.float32)).run(serve("Pendulum-v1").address)
-    with pytest.raises(ValueError, match=r"leading axis of 2"):
+    with pytest.raises(InvalidActionError, match=r"integer array of shape \(2,\).*found .* shape \(3,\)"):
         NumpyModel(predict_batch_fn=lambda obs: np.zeros(3, int)).run(vector.address)
     with pytest.raises(ValueError, match="None"):
         NumpyModel(predict_batch_fn=lambda obs: None).run(vector.address)
-    with pytest.raises(InvalidActionError, match=r"predict_batch returned an invalid action.*2 lanes"):
+    with pytest.raises(InvalidActionError, match=r"predict_batch returned an invalid action.*for lane 1.*2 lanes"):
         NumpyModel(predict_batch_fn=lambda obs: np.array([0, 3])).run(vector.address)
 
 

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 import rlmesh.jax as rj
-from rlmesh import _jax_values
-from rlmesh._jax_values import JAX_BRIDGE, MIN_JAX_VERSION, check_jax_version
+from rlmesh._jax_dlpack import resolve_fast_import
+from rlmesh._jax_version import MIN_JAX_VERSION, check_jax_version
+from rlmesh.jax import JAX_BRIDGE
 from rlmesh.specs import (
     BoxSpec,
     DictSpec,
@@ -101,13 +102,36 @@ def test_import_without_jax_fails_only_on_use() -> None:
     assert result.stdout.strip() == "ok"
 
 
+def test_availability_is_checked_when_called_not_at_import() -> None:
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.modules["jax"] = None
+        import rlmesh.jax as rj
+        try:
+            rj.ensure_available()
+        except ImportError:
+            pass
+        else:
+            raise AssertionError("no ImportError while jax is hidden")
+        del sys.modules["jax"]  # jax becomes importable after rlmesh.jax was imported
+        rj.ensure_available()
+        print("ok")
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
 # -- asarray ------------------------------------------------------------------------------
 
 
 def test_decode_uses_the_direct_dlpack_import() -> None:
     # Guards the fast path: if a jaxlib upgrade breaks it, asarray silently falls back to
     # jnp.from_dlpack (~20 us slower); this test says so.
-    assert _jax_values._resolve_fast_import() is not None
+    assert resolve_fast_import() is not None
 
 
 @pytest.mark.parametrize("dtype", WIRE_DTYPES)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any
 
@@ -11,18 +12,10 @@ import pytest
 
 import rlmesh
 import rlmesh.numpy
-from rlmesh.bridges import NUMPY_BRIDGE, TENSOR_BRIDGE
+from rlmesh import Model
+from rlmesh.bridges import NUMPY_BRIDGE, TENSOR_BRIDGE, converter
 from rlmesh.errors import InvalidActionError
-from rlmesh.evaluation import DEFAULT_MAX_EPISODE_STEPS, EpisodeResult, RunResult, evaluate
-from rlmesh.models import (
-    RANDOM_SAMPLE,
-    Model,
-    _batched_to_numpy,
-    _converter,
-    _split_lane,
-    _stack_lanes,
-    run,
-)
+from rlmesh.models import DEFAULT_MAX_EPISODE_STEPS, RANDOM_SAMPLE, EpisodeResult, RunResult, evaluate, run
 from rlmesh.specs import (
     BoxSpec,
     DictSpec,
@@ -103,34 +96,54 @@ def test_run_refuses_non_models() -> None:
 # -- batching rules --------------------------------------------------------------------------
 
 
+def batch_model(returned: Any, num_envs: int, act: SpaceSpec = DISCRETE) -> Any:
+    model = NumpyModel(predict_batch_fn=lambda obs: returned)
+    model.prepare(contract(act=act, num_envs=num_envs))
+    return model
+
+
 def test_batched_actions_must_have_leading_axis_n() -> None:
-    with pytest.raises(ValueError, match=r"shape \(3,\); expected a leading axis of 4"):
-        _batched_to_numpy(np.zeros(3, int), DISCRETE, 4)
-    with pytest.raises(ValueError, match=r"predict_batch returned None for action; expected one value per lane"):
-        _batched_to_numpy(None, DISCRETE, 2)
-    with pytest.raises(ValueError, match=r"None for action\['move'\]"):
-        _batched_to_numpy({"move": None, "jump": np.zeros(2, int)}, DICT, 2)
-    with pytest.raises(ValueError, match="ragged"):
-        _batched_to_numpy({"move": [[0.1, 0.2], [0.3]], "jump": np.zeros(2, int)}, DICT, 2)
-    with pytest.raises(ValueError, match="list of 3 actions"):
-        _batched_to_numpy([0, 1, 0], DISCRETE, 2)
+    obs2, obs4 = np.zeros((2, 4), np.float32), np.zeros((4, 4), np.float32)
+    with pytest.raises(InvalidActionError, match=r"expected an integer array of shape \(4,\).*shape \(3,\)"):
+        batch_model(np.zeros(3, int), 4).act_batch(obs4)
+    with pytest.raises(InvalidActionError, match=r"predict_batch returned None; expected one action per lane"):
+        batch_model(None, 2).act_batch(obs2)
+    with pytest.raises(InvalidActionError, match=r"action\['move'\]: expected an array of shape \(2, 2\).*NoneType"):
+        batch_model({"move": None, "jump": np.zeros(2, int)}, 2, DICT).act_batch(obs2)
+    with pytest.raises(InvalidActionError, match=r"action\['move'\]: .*found list"):
+        batch_model({"move": [[0.1, 0.2], [0.3]], "jump": np.zeros(2, int)}, 2, DICT).act_batch(obs2)
+    with pytest.raises(InvalidActionError, match="list of 3 actions"):
+        batch_model([0, 1, 0], 2).act_batch(obs2)
+    with pytest.raises(InvalidActionError, match=r"action\['jump'\] for lane 1: expected an integer in \[0, 2\)"):
+        batch_model({"move": np.zeros((2, 2)), "jump": np.array([0, 2])}, 2, DICT).act_batch(obs2)
 
 
 def test_a_list_of_per_lane_actions_is_stacked() -> None:
-    batch = _batched_to_numpy([{"move": np.zeros(2), "jump": 1}, {"move": np.ones(2), "jump": 0}], DICT, 2)
+    lanes = [{"move": np.zeros(2), "jump": 1}, {"move": np.ones(2), "jump": 0}]
+    batch = batch_model(lanes, 2, DICT).act_batch(np.zeros((2, 4), np.float32))
     np.testing.assert_array_equal(batch["jump"], [1, 0])
     assert batch["move"].shape == (2, 2)
-    with pytest.raises(ValueError, match=r"per-lane actions are ragged"):
-        _stack_lanes([np.zeros(2), np.zeros(3)], BOX2)
+    with pytest.raises(InvalidActionError, match=r"do not stack into one batch"):
+        batch_model([np.zeros(2), np.zeros(3)], 2, BOX2).act_batch(np.zeros((2, 4), np.float32))
 
 
-def test_split_lane_follows_the_spec() -> None:
-    obs = {"move": np.arange(6.0).reshape(3, 2), "jump": np.array([0, 1, 0])}
-    lane = _split_lane(obs, DICT, 1, NUMPY_BRIDGE)
-    np.testing.assert_array_equal(lane["move"], [2.0, 3.0])
-    assert lane["jump"] == 1
-    tensor_lane = _split_lane(Tensor.from_numpy(np.arange(8.0).reshape(2, 4)), BOX4, 1, TENSOR_BRIDGE)
-    assert isinstance(tensor_lane, Tensor) and tensor_lane.numpy().tolist() == [4.0, 5.0, 6.0, 7.0]
+def test_default_predict_batch_splits_lanes_following_the_spec() -> None:
+    seen: list[Any] = []
+
+    def predict(obs: Any) -> Any:
+        seen.append(obs)
+        return {"move": np.zeros(2, np.float32), "jump": 0}
+
+    model = NumpyModel(predict)
+    model.prepare(EnvContract(DICT, DICT, id="Test-v0", num_envs=3))
+    model.act_batch({"move": np.arange(6.0, dtype=np.float32).reshape(3, 2), "jump": np.array([0, 1, 0])})
+    np.testing.assert_array_equal(seen[1]["move"], [2.0, 3.0])
+    assert seen[1]["jump"] == 1
+    tensors: list[Any] = []
+    plain = Model(lambda obs: tensors.append(obs) or 0)
+    plain.prepare(contract(num_envs=2))
+    plain.act_batch(Tensor.from_numpy(np.arange(8.0, dtype=np.float32).reshape(2, 4)))
+    assert isinstance(tensors[1], Tensor) and tensors[1].numpy().tolist() == [4.0, 5.0, 6.0, 7.0]
 
 
 def test_default_predict_batch_calls_predict_per_lane() -> None:
@@ -141,8 +154,8 @@ def test_default_predict_batch_calls_predict_per_lane() -> None:
         return int(obs[0] > 0)
 
     model = NumpyModel(predict, spec=contract())
-    model._bind(contract(num_envs=3))
-    actions = model._act_batch(np.array([[1.0, 0, 0, 0], [-1.0, 0, 0, 0], [2.0, 0, 0, 0]], np.float32), 3)
+    model.prepare(contract(num_envs=3))
+    actions = model.act_batch(np.array([[1.0, 0, 0, 0], [-1.0, 0, 0, 0], [2.0, 0, 0, 0]], np.float32))
     np.testing.assert_array_equal(actions, [1, 0, 1])
     assert calls == [(4,), (4,), (4,)]
 
@@ -155,8 +168,8 @@ def test_predict_is_derived_from_predict_batch() -> None:
         return (obs[:, 0] > 0).astype(np.int64)
 
     model = NumpyModel(predict_batch_fn=predict_batch, spec=contract())
-    model._bind(contract())
-    assert model._act(np.array([1.0, 0, 0, 0], np.float32)) == 1
+    model.prepare(contract())
+    assert model.act(np.array([1.0, 0, 0, 0], np.float32)) == 1
     assert seen == [(1, 4)]
 
 
@@ -171,24 +184,24 @@ def test_vmap_derives_predict_batch_with_jax() -> None:
         return (obs[0] > 0).astype(jnp.int32)
 
     model = rj.Model(predict, vmap=True, spec=contract())
-    model._bind(contract(num_envs=2))
-    actions = model._act_batch(jnp.asarray([[1.0, 0, 0, 0], [-1.0, 0, 0, 0]]), 2)
+    model.prepare(contract(num_envs=2))
+    actions = model.act_batch(jnp.asarray([[1.0, 0, 0, 0], [-1.0, 0, 0, 0]]))
     np.testing.assert_array_equal(actions, [1, 0])
     assert len(traced) == 1  # one vmapped trace, not one call per lane
 
 
 def test_invalid_single_action_names_the_action_and_the_space() -> None:
     model = NumpyModel(lambda obs: 7, spec=contract())
-    model._bind(contract())
+    model.prepare(contract())
     with pytest.raises(InvalidActionError, match=r"returned an invalid action for Test-v0.*Discrete\(2\).*was 7"):
-        model._act(np.zeros(4, np.float32))
+        model.act(np.zeros(4, np.float32))
 
 
 def test_invalid_batched_action_names_the_lanes_and_the_space() -> None:
     model = NumpyModel(predict_batch_fn=lambda obs: np.array([0, 5]), spec=contract())
-    model._bind(contract(num_envs=2))
+    model.prepare(contract(num_envs=2))
     with pytest.raises(InvalidActionError, match=r"predict_batch returned an invalid action.*Discrete\(2\) \(2 lanes"):
-        model._act_batch(np.zeros((2, 4), np.float32), 2)
+        model.act_batch(np.zeros((2, 4), np.float32))
 
 
 # -- conversions -----------------------------------------------------------------------------
@@ -196,19 +209,19 @@ def test_invalid_batched_action_names_the_lanes_and_the_space() -> None:
 
 def test_converter_re_decodes_tensors_and_arrays_for_the_target_backend() -> None:
     tree = {"a": Tensor.from_numpy(np.arange(3.0)), "b": (np.int64(2), "text"), "c": np.ones(2, np.float32)}
-    numpy_tree = _converter(TENSOR_BRIDGE, NUMPY_BRIDGE)(tree)
+    numpy_tree = converter(TENSOR_BRIDGE, NUMPY_BRIDGE)(tree)
     assert isinstance(numpy_tree["a"], np.ndarray) and numpy_tree["a"].tolist() == [0.0, 1.0, 2.0]
     assert numpy_tree["b"] == (2, "text") and type(numpy_tree["b"][0]) is int
-    tensor_tree = _converter(NUMPY_BRIDGE, TENSOR_BRIDGE)(numpy_tree)
+    tensor_tree = converter(NUMPY_BRIDGE, TENSOR_BRIDGE)(numpy_tree)
     assert isinstance(tensor_tree["c"], Tensor) and tensor_tree["c"].numpy().tolist() == [1.0, 1.0]
 
 
 def test_converter_to_jax() -> None:
     jax = pytest.importorskip("jax")
-    from rlmesh._jax_values import JAX_BRIDGE
+    from rlmesh.jax import JAX_BRIDGE
 
     tensor = Tensor.from_numpy(np.arange(4, dtype=np.float32))
-    converted = _converter(TENSOR_BRIDGE, JAX_BRIDGE)({"x": tensor, "y": np.zeros(2, np.float32)})
+    converted = converter(TENSOR_BRIDGE, JAX_BRIDGE)({"x": tensor, "y": np.zeros(2, np.float32)})
     assert isinstance(converted["x"], jax.Array) and isinstance(converted["y"], jax.Array)
     assert converted["x"].unsafe_buffer_pointer() == tensor.data_ptr  # zero-copy from a Tensor
 
@@ -237,7 +250,7 @@ def test_run_arguments_are_checked() -> None:
     env = gym.make("CartPole-v1")
     with pytest.raises(ValueError, match="max_episodes must be a positive int"):
         model.run(env, max_episodes=0)
-    with pytest.raises(ValueError, match="non-negative ints"):
+    with pytest.raises(ValueError, match="non-negative integer"):
         model.run(env, seeds=[-1])
     with pytest.raises(TypeError, match="seeds must be a sequence"):
         model.run(env, seeds=3)  # type: ignore[arg-type]
@@ -311,7 +324,7 @@ def test_max_episodes_beyond_the_seeds_continues_unseeded() -> None:
     assert [e.seed for e in result.episodes] == [0, None, None]
 
 
-def test_success_comes_from_info_or_terminated() -> None:
+def test_success_comes_from_info_or_is_unknown() -> None:
     class Succeeds(gym.Wrapper):
         def step(self, action: Any) -> Any:
             obs, reward, terminated, truncated, info = self.env.step(action)
@@ -320,7 +333,8 @@ def test_success_comes_from_info_or_terminated() -> None:
     result = evaluate(NumpyModel(cartpole_policy), Succeeds(gym.make("CartPole-v1")), seeds=[0, 1], max_episodes=2)
     assert [e.success for e in result.episodes] == [e.truncated for e in result.episodes]
     plain = NumpyModel(cartpole_policy).run(gym.make("CartPole-v1"), seeds=[0])
-    assert plain.success_rate == float(plain.episodes[0].terminated)
+    assert plain.episodes[0].success is None and math.isnan(plain.success_rate)  # CartPole says nothing
+    assert "success" not in plain.summary()
 
 
 def test_model_exception_propagates_with_a_note() -> None:

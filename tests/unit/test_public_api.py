@@ -37,6 +37,8 @@ EXPECTED_CORE = {
     "SandboxEnv",
     "SandboxVectorEnv",
     "SandboxOptions",
+    "SandboxBuildError",
+    "SandboxStartupError",
 }
 EXPECTED_BACKEND = {
     "RemoteEnv",
@@ -48,11 +50,12 @@ EXPECTED_BACKEND = {
     "space_from_spec",
     "asarray",
 }
-EXPECTED_JAX = EXPECTED_BACKEND | {"ensure_available", "from_array", "JaxValue"}
+EXPECTED_NUMPY = EXPECTED_BACKEND | {"NumpyValue"}
+EXPECTED_JAX = EXPECTED_BACKEND | {"ensure_available", "from_array", "JaxValue", "JAX_BRIDGE"}
 
 
 def test_core_surface_has_not_drifted() -> None:
-    assert set(rlmesh.__all__) >= EXPECTED_CORE
+    assert set(rlmesh.__all__) == EXPECTED_CORE
     for name in rlmesh.__all__:
         assert hasattr(rlmesh, name), name
         obj = getattr(rlmesh, name)
@@ -64,14 +67,33 @@ def test_backend_surfaces_match_the_seed() -> None:
     import rlmesh.jax
     import rlmesh.numpy
 
-    assert set(rlmesh.numpy.__all__) >= EXPECTED_BACKEND
-    assert set(rlmesh.jax.__all__) >= EXPECTED_JAX
+    assert set(rlmesh.numpy.__all__) == EXPECTED_NUMPY
+    assert set(rlmesh.jax.__all__) == EXPECTED_JAX
     for module in (rlmesh.numpy, rlmesh.jax):
         for name in module.__all__:
             assert getattr(module, name).__doc__ or name.endswith("Value"), f"{module.__name__}.{name}"
     assert rlmesh.jax.SandboxEnv.client_class is rlmesh.jax.RemoteEnv
     assert rlmesh.jax.SandboxVectorEnv.client_class is rlmesh.jax.RemoteVectorEnv
     assert issubclass(rlmesh.jax.Model, rlmesh.ModelBase)
+
+
+def test_backend_classes_show_their_real_signature_and_parameters() -> None:
+    import inspect
+
+    import rlmesh.jax
+    import rlmesh.numpy
+
+    for module in (rlmesh, rlmesh.numpy, rlmesh.jax):
+        for name in ("RemoteEnv", "RemoteVectorEnv", "Model", "SandboxEnv", "SandboxVectorEnv"):
+            cls = getattr(module, name)
+            parameters = inspect.signature(cls).parameters
+            assert "args" not in parameters, f"{module.__name__}.{name}{inspect.signature(cls)}"
+            for parameter in parameters.values():
+                if parameter.kind is not parameter.VAR_KEYWORD and not name.startswith("Sandbox"):
+                    assert f"{parameter.name}:" in cls.__doc__, (
+                        f"{module.__name__}.{name} does not document {parameter.name}"
+                    )
+            assert getattr(cls, "__final__", False), f"{module.__name__}.{name} is not final"
 
 
 def test_errors_subclass_the_builtins_users_catch() -> None:
