@@ -47,6 +47,12 @@ class _RemoteBase(Generic[ObsT, ActT]):
             with ``curve_secret_key``, authenticates and encrypts the connection.
         curve_secret_key: This client's secret certificate file (``rlmesh keygen``); the
             server must list its public key.
+        shared_memory: For a unix-socket endpoint, use the shared-memory data plane the
+            server offers (the default): requests and replies are written in place in a
+            region beside the socket instead of travelling through it. Arrays over 16 KiB
+            may be decoded as views of that region; they stay valid for as long as they are
+            referenced (later replies are written elsewhere). False (or
+            ``RLMESH_SHARED_MEMORY=0`` in the environment) keeps every message on the socket.
     """
 
     bridge: ClassVar[Bridge] = TENSOR_BRIDGE
@@ -67,6 +73,7 @@ class _RemoteBase(Generic[ObsT, ActT]):
         busy_poll_seconds: float = DEFAULT_BUSY_POLL_SECONDS,
         curve_server_key: KeySource | None = None,
         curve_secret_key: str | os.PathLike[str] | None = None,
+        shared_memory: bool = True,
     ) -> None:
         self._group: EndpointGroup | None = None
         joined = isinstance(address, list | tuple)
@@ -89,6 +96,7 @@ class _RemoteBase(Generic[ObsT, ActT]):
             request_timeout_seconds=request_timeout_seconds,
             busy_poll_seconds=busy_poll_seconds,
             curve=curve,
+            shared_memory=shared_memory,
         )
         self._contract = self._group.contract
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -12,9 +13,12 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from rlmesh import protocol as p
+from rlmesh import shm
+from rlmesh.addresses import ipc_path
 from rlmesh.codec import DEFAULT_LIMITS, Limits, encode_message
 from rlmesh.errors import EndpointConnectionError, EndpointTimeoutError
 from rlmesh.security import HANDSHAKE_FAILED_EVENTS, ClientCurve, handshake_failure_message
+from rlmesh.shm import ClientChannel, Spinner
 from rlmesh.tensor import Tensor
 from rlmesh.transport import HEARTBEAT_TIMEOUT_MS, configure, receive_message, shared_context
 
@@ -40,6 +44,10 @@ class Connection:
     Every request carries an id; replies with other ids (late replies after a timeout,
     liveness probes) are discarded. A socket monitor tracks the connection: a disconnect
     while a reply is awaited raises :class:`EndpointConnectionError` at once.
+
+    For a unix-socket endpoint the handshake may set up a shared-memory channel
+    (:meth:`hello_fields`, :meth:`attach`): requests and replies then travel through a mapped
+    region while the socket keeps liveness and carries messages too large for the region.
     """
 
     def __init__(
@@ -48,9 +56,14 @@ class Connection:
         limits: Limits = DEFAULT_LIMITS,
         busy_poll_seconds: float = DEFAULT_BUSY_POLL_SECONDS,
         curve: ClientCurve | None = None,
+        shared_memory: bool = True,
     ) -> None:
         self.endpoint = endpoint
         self.limits = limits
+        self.shared_memory = shared_memory and ipc_path(endpoint) is not None and shm.enabled()
+        self._channel: ClientChannel | None = None
+        self._channel_request = 0  # the id of the request in flight over the channel
+        self._spinner = Spinner(busy_poll_seconds)
         self.send_limits = limits  # narrowed to the server's limits by the handshake
         self.busy_poll_seconds = busy_poll_seconds
         self._spin_skip = 0
@@ -76,6 +89,33 @@ class Connection:
         except zmq.ZMQError as error:
             self.close()
             raise EndpointConnectionError(f"cannot connect to {endpoint}: {error}") from None
+
+    def hello_fields(self) -> dict[str, Any]:
+        """Handshake fields asking the server for a shared-memory channel (empty when not wanted)."""
+        return {"shared_memory": True, "pid": os.getpid()} if self.shared_memory else {}
+
+    def attach(self, offer: Any) -> bool:
+        """Map the shared-memory region the server offered in its handshake reply.
+
+        Returns whether the channel is in use; a failure leaves the session on ZeroMQ.
+        """
+        path = ipc_path(self.endpoint)
+        if offer is None or path is None or not self.shared_memory:
+            return False
+        try:
+            channel = ClientChannel.attach(path, offer)
+        except (OSError, ValueError):
+            return False
+        with self._lock:
+            self._close_channel()
+            self._channel = channel
+            self._poller.register(channel.fd, zmq.POLLIN)
+        return True
+
+    @property
+    def uses_shared_memory(self) -> bool:
+        """Whether requests travel through a shared-memory channel."""
+        return self._channel is not None
 
     def request(
         self,
@@ -115,7 +155,12 @@ class Connection:
             request_id = self._next_id
             self._next_id += 1
             frames = encode_message(op, request_id, payload, encode_leaf, self.send_limits)
-            self._socket.send_multipart(frames, copy=len(frames) == 1)
+            channel = self._channel
+            # CLOSE goes over the socket: the server drops the channel while answering it.
+            if channel is not None and op != p.CLOSE and channel.send(frames):
+                self._channel_request = request_id
+            else:
+                self._socket.send_multipart(frames, copy=len(frames) == 1)
             return request_id
 
     def receive(
@@ -131,7 +176,8 @@ class Connection:
         with self._lock:
             if self.closed:
                 raise EndpointConnectionError(f"the connection to {self.endpoint} is closed")
-            header, reply = self._await(op, request_id, timeout, decode_leaf, connecting)
+            channel = self._channel if request_id == self._channel_request else None
+            header, reply = self._await(op, request_id, timeout, decode_leaf, connecting, channel)
         if header.kind == p.ERROR:
             raise p.error_from_payload(reply, self.endpoint)
         if op == p.HELLO and isinstance(reply, dict):
@@ -146,12 +192,33 @@ class Connection:
         if type(max_tensors) is int and max_tensors > 0:
             self.send_limits = Limits(self.send_limits.max_message_bytes, max_tensors, self.send_limits.max_depth)
 
-    def _await(self, op: str, request_id: int, timeout: float | None, decode_leaf: Any, connecting: bool) -> Any:
-        self._spin()
+    def _await(
+        self,
+        op: str,
+        request_id: int,
+        timeout: float | None,
+        decode_leaf: Any,
+        connecting: bool,
+        channel: ClientChannel | None = None,
+    ) -> Any:
+        if channel is None:
+            self._spin()
+        elif channel.wait(self._spinner):
+            result = channel.receive(decode_leaf, self.limits)
+            if result is not None:
+                return result
+            channel = None  # the reply was too large for the region: it comes over the socket
         disconnects = self._disconnects
         deadline = None if timeout is None else time.monotonic() + timeout
         lost_at: float | None = None if self._connected or connecting else time.monotonic()
         while True:
+            if channel is not None:
+                channel.reply_bell.drain()  # then check: a ring after this wakes the poll below
+                if channel.replied():
+                    result = channel.receive(decode_leaf, self.limits)
+                    if result is not None:
+                        return result
+                    channel = None
             now = time.monotonic()
             wait = [RECONNECT_GRACE_S if lost_at is None else max(0.0, lost_at + RECONNECT_GRACE_S - now)]
             if deadline is not None:
@@ -235,11 +302,18 @@ class Connection:
                 self._connected = False
                 self._handshake_failure = event
 
+    def _close_channel(self) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            self._poller.unregister(channel.fd)
+            channel.close()
+
     def close(self) -> None:
-        """Close the socket and its monitor. Idempotent."""
+        """Close the shared-memory channel, the socket and its monitor. Idempotent."""
         if self.closed:
             return
         self.closed = True
+        self._close_channel()
         try:
             self._socket.disable_monitor()
         except zmq.ZMQError:

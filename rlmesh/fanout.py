@@ -31,6 +31,7 @@ def open_session(
     connect_timeout_seconds: float,
     busy_poll_seconds: float,
     curve: ClientCurve | None = None,
+    shared_memory: bool = True,
 ) -> tuple[Connection, EnvContract]:
     """Connect to ``address`` and shake hands; returns the connection and the endpoint's contract.
 
@@ -38,15 +39,17 @@ def open_session(
         EndpointConnectionError: the endpoint could not be reached within the timeout.
         ProtocolError: the endpoint speaks another protocol version.
     """
-    connection = Connection(address, busy_poll_seconds=busy_poll_seconds, curve=curve)
+    connection = Connection(address, busy_poll_seconds=busy_poll_seconds, curve=curve, shared_memory=shared_memory)
     try:
         hello = connection.request(
             p.HELLO,
-            {"protocol": p.PROTOCOL_VERSION, "backend": backend},
+            {"protocol": p.PROTOCOL_VERSION, "backend": backend, **connection.hello_fields()},
             timeout=connect_timeout_seconds,
             connecting=True,
         )
-        return connection, EnvContract.from_dict(hello["contract"])
+        contract = EnvContract.from_dict(hello["contract"])
+        connection.attach(hello.get("shared_memory"))
+        return connection, contract
     except BaseException:
         connection.close()
         raise
@@ -79,6 +82,7 @@ class EndpointGroup:
         request_timeout_seconds: Reply limit per request (None: wait).
         busy_poll_seconds: Reply spin time per connection.
         curve: CURVE keys used with every endpoint (None: no CURVE).
+        shared_memory: Use the shared-memory plane unix-socket endpoints offer.
 
     Raises:
         ValueError: the endpoints' spaces differ (names the first endpoint that differs).
@@ -94,6 +98,7 @@ class EndpointGroup:
         request_timeout_seconds: float | None,
         busy_poll_seconds: float,
         curve: ClientCurve | None = None,
+        shared_memory: bool = True,
     ) -> None:
         self.bridge = bridge
         self.request_timeout_seconds = request_timeout_seconds
@@ -108,6 +113,7 @@ class EndpointGroup:
                     connect_timeout_seconds=connect_timeout_seconds,
                     busy_poll_seconds=busy_poll_seconds,
                     curve=curve,
+                    shared_memory=shared_memory,
                 )
                 member = _Member(address, connection, contract, start)
                 self.members.append(member)

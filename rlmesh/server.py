@@ -27,6 +27,7 @@ from typing import Any
 import zmq
 
 from rlmesh import protocol as p
+from rlmesh import shm
 from rlmesh.addresses import claim_ipc_path, file_identity, ipc_path, remove_ipc_file, resolve_address
 from rlmesh.codec import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -49,6 +50,7 @@ from rlmesh.errors import (
 )
 from rlmesh.security import EndpointSecurity, KeySource
 from rlmesh.sessions import (
+    ACTIVE,
     DONE,
     READY,
     STOP,
@@ -58,6 +60,7 @@ from rlmesh.sessions import (
     process_worker_main,
     start_thread_worker,
 )
+from rlmesh.shm import remove_stale
 from rlmesh.transport import configure, shared_context
 
 log = logging.getLogger("rlmesh.server")
@@ -107,6 +110,11 @@ class ServeOptions:
         send_tracebacks: Include the server's traceback in env error replies. None (default):
             only on loopback and unix endpoints; elsewhere clients get the exception type and
             message.
+        shared_memory: Offer clients of a unix-socket endpoint (same host, sandboxes included)
+            a shared-memory data plane: requests and replies are written in place in a region
+            file beside the socket, ZeroMQ keeping the handshake, liveness and messages too
+            large for the region. False (or ``RLMESH_SHARED_MEMORY=0`` in the environment)
+            serves every message over ZeroMQ.
     """
 
     allow_remote_shutdown: bool = False
@@ -123,6 +131,7 @@ class ServeOptions:
     curve_authorized_keys: str | os.PathLike[str] | Sequence[KeySource] | None = None
     allow_insecure: bool = False
     send_tracebacks: bool | None = None
+    shared_memory: bool = True
 
     def __post_init__(self) -> None:
         for name in ("idle_timeout_seconds", "drain_timeout_seconds", "close_timeout_seconds"):
@@ -283,6 +292,8 @@ class EnvServer:
         self._serving = False
         self._finished = False
         self._ipc_file: tuple[str, tuple[int, int] | None] | None = None
+        path_ = ipc_path(endpoint)
+        self._shared_memory_path = path_ if path_ and self.options.shared_memory and shm.enabled() else None
         self._backend_dir: str | None = None
         self._socket = configure(shared_context().socket(zmq.ROUTER))
         self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -298,6 +309,7 @@ class EnvServer:
             path_ = ipc_path(endpoint)
             if path_:
                 claim_ipc_path(path_)
+                remove_stale(path_)  # regions a killed server offered but no client mapped
             self._security.apply(self._socket)
             self._socket.bind(endpoint)
             self.address: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -517,7 +529,9 @@ class EnvServer:
             else:
                 self._start_process(session)
         else:
-            session.thread = start_thread_worker(self._worker_factory(), self._backend_endpoint, session.worker_id)
+            session.thread = start_thread_worker(
+                self._worker_factory(), self._backend_endpoint, session.worker_id, self._shared_memory_path
+            )
         self._sessions[identity] = session
         self._workers[session.worker_id] = session
         return session
@@ -571,6 +585,7 @@ class EnvServer:
                 session.worker_id,
                 os.getpid(),
                 self._tracebacks,
+                self._shared_memory_path,
             ),
             name="rlmesh-session",
             daemon=True,
@@ -592,8 +607,10 @@ class EnvServer:
         session = self._workers.get(worker_id)
         if session is None:
             return
-        if len(frames) == 2 and frames[1].bytes in (READY, DONE):
-            if frames[1].bytes == READY:
+        if len(frames) == 2 and frames[1].bytes in (READY, DONE, ACTIVE):
+            if frames[1].bytes == ACTIVE:
+                session.last_seen = time.monotonic()
+            elif frames[1].bytes == READY:
                 session.ready = True
                 self._flush_queue(session)
             else:

@@ -25,6 +25,7 @@ from rlmesh import protocol as p
 from rlmesh.codec import DEFAULT_LIMITS, Limits, decode_frames, encode_message
 from rlmesh.env_runner import EnvRunner, plain_data
 from rlmesh.errors import BadRequestError, ProtocolError, ProtocolVersionError
+from rlmesh.shm.serving import SessionFastPath
 from rlmesh.specs import EnvContract
 from rlmesh.tensor import Tensor
 from rlmesh.transport import configure, shared_context
@@ -33,6 +34,7 @@ log = logging.getLogger("rlmesh.server")
 
 READY = b"\x00ready"  # worker -> front: the env is built (or failed); send requests
 DONE = b"\x00done"  # worker -> front: the env is closed, the worker has ended
+ACTIVE = b"\x00active"  # worker -> front: requests arrive over shared memory (not idle)
 STOP = b"\x00stop"  # front -> worker: close the env and end
 
 _PARENT_CHECK_MS = 1000
@@ -67,6 +69,8 @@ class SessionWorker:
         self.owns_env = owns_env
         self.failure = failure
         self.finished = failure is not None and runner is None
+        # Set by serve_session for unix-socket endpoints that offer the shared-memory plane.
+        self.fast_path: SessionFastPath | None = None
 
     def handle(self, frames: list[Any]) -> list[Any]:
         """Answer one request (its frames, header first); returns the reply frames.
@@ -74,9 +78,13 @@ class SessionWorker:
         Sets :attr:`finished` once the session has ended (a ``close`` request, or an env
         that could not be built).
         """
+        return self.answer(lambda: decode_frames(frames, Tensor.numpy, self.limits))
+
+    def answer(self, read: Callable[[], tuple[Any, Any]]) -> list[Any]:
+        """Answer the request ``read()`` returns as ``(header, payload)``; returns the reply frames."""
         request_id = 0
         try:
-            header, payload = decode_frames(frames, Tensor.numpy, self.limits)
+            header, payload = read()
             request_id = header.request_id
             if self.failure is not None:
                 raise self.failure
@@ -104,16 +112,22 @@ class SessionWorker:
     def hello(self, payload: Any) -> dict[str, Any]:
         """The handshake reply: protocol version, contract and the server's request limit."""
         check_hello(payload)
-        return {
+        reply = {
             "protocol": p.PROTOCOL_VERSION,
             "contract": self.contract.to_dict(),
             "max_message_bytes": self.limits.max_message_bytes,
             "max_tensors": self.limits.max_tensors,
         }
+        offer = None if self.fast_path is None else self.fast_path.offer(payload)
+        if offer is not None:
+            reply["shared_memory"] = offer
+        return reply
 
     def close(self) -> None:
         """End the session: close the env if this session owns it. Idempotent."""
         self.finished = True
+        if self.fast_path is not None:
+            self.fast_path.close()
         runner, self.runner = self.runner, None
         if runner is not None and self.owns_env:
             try:
@@ -188,6 +202,7 @@ def serve_session(
     worker_id: bytes,
     context: zmq.Context | None = None,
     parent_pid: int | None = None,
+    shared_memory_path: str | None = None,
 ) -> None:
     """Run one session: build the worker, then answer requests from the front until done.
 
@@ -197,6 +212,8 @@ def serve_session(
         worker_id: This worker's routing id on the backend.
         context: The ZeroMQ context (the shared one when None).
         parent_pid: In a child process, the server's pid: the worker ends if it goes away.
+        shared_memory_path: The public unix socket's path when the server offers clients a
+            shared-memory channel (created beside it); None serves over the socket only.
     """
     socket = configure((context or shared_context()).socket(zmq.DEALER))
     socket.setsockopt(zmq.ROUTING_ID, worker_id)
@@ -204,15 +221,34 @@ def serve_session(
     worker: SessionWorker | None = None
     try:
         worker = worker_factory()
+        if shared_memory_path is not None:
+            worker.fast_path = SessionFastPath(shared_memory_path, worker.contract, worker.limits)
         socket.send(READY)
+        poller = zmq.Poller()
+        poller.register(socket, zmq.POLLIN)
+        polled_fd: int | None = None
         while not worker.finished:
-            if parent_pid is not None and not socket.poll(_PARENT_CHECK_MS):
-                if os.getppid() != parent_pid:
+            fast = worker.fast_path
+            if fast is not None and fast.fd != polled_fd:
+                if polled_fd is not None:
+                    poller.unregister(polled_fd)
+                polled_fd = fast.fd
+                if polled_fd is not None:
+                    poller.register(polled_fd, zmq.POLLIN)
+            if fast is not None and fast.has_request():
+                _serve_fast_path(worker, fast, socket)
+                continue
+            if not poller.poll(_PARENT_CHECK_MS if parent_pid is not None else None):
+                if parent_pid is not None and os.getppid() != parent_pid:
                     break  # the server died: nobody is left to answer
                 continue
+            if not socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                continue  # the doorbell rang
             frames = socket.recv_multipart(copy=False)
             if len(frames) == 1 and frames[0].bytes == STOP:
                 break
+            if fast is not None and fast.has_request(spin=False):
+                _serve_fast_path(worker, fast, socket)  # written before this one was sent
             reply = worker.handle(frames)
             socket.send_multipart(reply, copy=len(reply) == 1)
     except zmq.ContextTerminated:
@@ -227,12 +263,28 @@ def serve_session(
         socket.close(linger=1000 if parent_pid is not None else 0)
 
 
+def _serve_fast_path(worker: SessionWorker, fast: SessionFastPath, socket: zmq.Socket) -> None:
+    """Answer the request waiting in shared memory; a reply it cannot hold goes to the front."""
+    reply = fast.serve(worker.answer)
+    if reply is not None:
+        socket.send_multipart(reply, copy=len(reply) == 1)
+    if fast.due_activity():
+        socket.send(ACTIVE)
+
+
 def start_thread_worker(
-    worker_factory: Callable[[], SessionWorker], endpoint: str, worker_id: bytes
+    worker_factory: Callable[[], SessionWorker],
+    endpoint: str,
+    worker_id: bytes,
+    shared_memory_path: str | None = None,
 ) -> threading.Thread:
     """Serve one session in a daemon thread of this process."""
     thread = threading.Thread(
-        target=serve_session, args=(worker_factory, endpoint, worker_id), name="rlmesh-session", daemon=True
+        target=serve_session,
+        args=(worker_factory, endpoint, worker_id),
+        kwargs={"shared_memory_path": shared_memory_path},
+        name="rlmesh-session",
+        daemon=True,
     )
     thread.start()
     return thread
@@ -246,6 +298,7 @@ def process_worker_main(
     worker_id: bytes,
     parent_pid: int,
     send_tracebacks: bool = True,
+    shared_memory_path: str | None = None,
 ) -> None:
     """Entry point of a session's child process (picklable arguments only)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server stops its children itself
@@ -259,6 +312,7 @@ def process_worker_main(
             worker_id,
             context,
             parent_pid,
+            shared_memory_path,
         )
     finally:
         context.term()

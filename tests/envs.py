@@ -129,6 +129,36 @@ class UnencodableInfoEnv(CrashingEnv):
         return np.zeros(4, np.float32), 1.0, False, False, {"obj": object(), "ok": 1}
 
 
+class CountingEnv(gym.Env):
+    """A 256 KiB float32 observation filled with the step count; ``info_bytes`` pads info.
+
+    Values tell which step produced an array, so a buffer reused too early shows up.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, info_bytes: int = 0) -> None:
+        self.observation_space = spaces.Box(0.0, 1e9, (256, 256), np.float32)
+        self.action_space = spaces.Discrete(2)
+        self.info_bytes = int(info_bytes)
+        self._t = 0
+
+    def _info(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"t": self._t}
+        if self.info_bytes:
+            info["padding"] = np.full(self.info_bytes, self._t % 251, np.uint8)
+        return info
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
+        super().reset(seed=seed)
+        self._t = 0
+        return np.zeros((256, 256), np.float32), self._info()
+
+    def step(self, action: Any) -> Any:
+        self._t += 1
+        return np.full((256, 256), self._t, np.float32), float(action), False, False, self._info()
+
+
 class CloseCounter:
     """A factory that counts how often the envs it made were closed."""
 

@@ -15,6 +15,9 @@ import rlmesh
 import rlmesh.numpy as rn
 from rlmesh.protocol import PROTOCOL_VERSION
 
+# Every test here runs over ZeroMQ only and over the shared-memory fast path.
+pytestmark = pytest.mark.usefixtures("data_plane")
+
 
 def still_serves(address: str) -> None:
     """A fresh client can reset and step: the server survived."""

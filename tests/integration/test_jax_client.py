@@ -19,6 +19,9 @@ from rlmesh import EnvServer, InvalidActionError
 from rlmesh.client import RemoteEnvBase
 from rlmesh.tensor import Tensor
 
+# Every test here runs over ZeroMQ only and over the shared-memory fast path.
+pytestmark = pytest.mark.usefixtures("data_plane")
+
 DEMOTED = {"int64": "int32", "uint64": "uint32", "float64": "float32"}
 
 

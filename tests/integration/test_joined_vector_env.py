@@ -15,6 +15,9 @@ import rlmesh
 import rlmesh.jax as rj
 import rlmesh.numpy as rn
 
+# Every test here runs over ZeroMQ only and over the shared-memory fast path.
+pytestmark = pytest.mark.usefixtures("data_plane")
+
 
 class InfoEnv(gym.Env):
     """Dict observations and infos whose keys come and go (masks), nested dicts included."""

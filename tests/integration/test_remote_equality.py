@@ -12,6 +12,9 @@ from envs import DictTupleEnv, EchoEnv, ImageEnv, make_image_env
 import rlmesh
 import rlmesh.numpy as rn
 
+# Every test here runs over ZeroMQ only and over the shared-memory fast path.
+pytestmark = pytest.mark.usefixtures("data_plane")
+
 
 def assert_tree_equal(remote: Any, local: Any, where: str = "value") -> None:
     if isinstance(local, dict):

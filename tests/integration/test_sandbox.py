@@ -37,7 +37,8 @@ from rlmesh.sandbox import (
 from rlmesh.sandbox.container import DIR_PREFIX, LABEL_SANDBOX, owner_labels
 from rlmesh.sandbox.options import default_cpus
 
-pytestmark = pytest.mark.sandbox
+# Every test runs over ZeroMQ only and over the shared-memory fast path.
+pytestmark = [pytest.mark.sandbox, pytest.mark.usefixtures("data_plane")]
 
 # Every test builds from the same inputs, so the session image (or its layers) is reused.
 OPTS: dict[str, Any] = {"rlmesh_package": "local", "connect_timeout_seconds": 60.0}
@@ -180,8 +181,12 @@ def test_vector_env_three_lanes(mode: str, sandbox_image: str) -> None:
         local.close()
 
 
-def test_container_is_hardened(docker_client: Any, sandbox_image: str) -> None:
+def test_container_is_hardened(docker_client: Any, sandbox_image: str, data_plane: str) -> None:
     with SandboxEnv("CartPole-v1", **OPTS) as env:
+        # The shared-memory fast path works across the container boundary, hardening unchanged.
+        assert env.client._group.members[0].connection.uses_shared_memory == (data_plane == "shared-memory")
+        socket_dir = Path(env.address[len("ipc://") :]).parent
+        assert sorted(p.name for p in socket_dir.iterdir() if p.name.startswith("env.sock")) == ["env.sock"]
         info = docker_client.api.inspect_container(env.container_id)
         host = info["HostConfig"]
         assert host["NetworkMode"] == "none"

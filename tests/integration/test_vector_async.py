@@ -11,6 +11,9 @@ import rlmesh
 import rlmesh.jax as rj
 import rlmesh.numpy as rn
 
+# Every test here runs over ZeroMQ only and over the shared-memory fast path.
+pytestmark = pytest.mark.usefixtures("data_plane")
+
 
 def _make_vec() -> gym.vector.VectorEnv:
     return gym.make_vec("CartPole-v1", num_envs=3, vectorization_mode="sync")

@@ -1,0 +1,106 @@
+"""The server side of one session's fast path: offer a channel at the handshake, serve it.
+
+A session worker owns one :class:`SessionFastPath`. The handshake asks it for an offer; from
+then on the worker polls :attr:`SessionFastPath.fd` beside its socket and, when
+:meth:`SessionFastPath.has_request` says so, answers through :meth:`SessionFastPath.serve`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from rlmesh.codec import DEFAULT_LIMITS, Limits
+from rlmesh.shm.channel import ServerChannel, space_bytes
+from rlmesh.shm.doorbell import Spinner
+from rlmesh.shm.region import Layout
+from rlmesh.specs import EnvContract
+
+log = logging.getLogger("rlmesh.server")
+
+# How long a worker spins for the next request after a reply (adaptive, see Spinner):
+# an agent stepping back to back sends it within tens of microseconds.
+SPIN_SECONDS = 0.0005
+# How often a busy fast-path session tells the server front it is alive (its requests
+# bypass the front, which would otherwise count it idle).
+ACTIVITY_INTERVAL_S = 1.0
+
+
+class SessionFastPath:
+    """One session's shared-memory channel on the server side.
+
+    Args:
+        socket_path: The endpoint's unix socket path; the region is created beside it.
+        contract: The served contract, which sizes the region's areas.
+        limits: Bounds on received requests.
+    """
+
+    def __init__(self, socket_path: str, contract: EnvContract, limits: Limits = DEFAULT_LIMITS) -> None:
+        self.socket_path = socket_path
+        self.contract = contract
+        self.limits = limits
+        self.channel: ServerChannel | None = None
+        self.spinner = Spinner(0.0)
+        self._last_activity = 0.0
+
+    def offer(self, hello: dict[str, Any]) -> dict[str, Any] | None:
+        """Create a channel if the client's handshake asks for one; the offer to send, or None."""
+        if not hello.get("shared_memory"):
+            return None
+        self.close()  # a repeated handshake replaces the channel
+        lanes = self.contract.num_envs or 1
+        layout = Layout.for_messages(
+            space_bytes(self.contract.action_space) * lanes, space_bytes(self.contract.observation_space) * lanes
+        )
+        try:
+            self.channel = ServerChannel.offer(self.socket_path, layout)
+        except OSError as error:
+            log.info("serving over ZeroMQ only: cannot create a shared-memory region: %s", error)
+            return None
+        # A client in this very process competes for the GIL and cores: do not spin for it.
+        self.spinner = Spinner(0.0 if hello.get("pid") == os.getpid() else SPIN_SECONDS)
+        return self.channel.offer_payload()
+
+    @property
+    def fd(self) -> int | None:
+        """The doorbell to poll for requests, or None without a channel."""
+        return None if self.channel is None else self.channel.fd
+
+    def has_request(self, spin: bool = True) -> bool:
+        """Whether a request waits in the channel (after a short adaptive spin when ``spin``)."""
+        channel = self.channel
+        if channel is None:
+            return False
+        channel.request_bell.drain()  # then check: a ring after this wakes the next poll
+        return channel.pending() or (spin and channel.wait(self.spinner))
+
+    def serve(self, answer: Callable[[Callable[[], tuple[Any, Any]]], list[Any]]) -> list[Any] | None:
+        """Answer the waiting request with ``answer(read)``, replying in place.
+
+        Returns:
+            The reply frames when they must go over the socket instead (too large for the
+            region, or the session closed while answering), else None.
+        """
+        channel = self.channel
+        assert channel is not None
+        frames = answer(lambda: channel.receive(self.limits))
+        if self.channel is channel and channel.reply(frames):
+            return None
+        return frames
+
+    def due_activity(self) -> bool:
+        """Whether to tell the front this session is busy (at most once per interval)."""
+        now = time.monotonic()
+        if now - self._last_activity < ACTIVITY_INTERVAL_S:
+            return False
+        self._last_activity = now
+        return True
+
+    def close(self) -> None:
+        """Close the channel (its files are gone once the client mapped it). Idempotent."""
+        channel, self.channel = self.channel, None
+        if channel is not None:
+            channel.close()
