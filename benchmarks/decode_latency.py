@@ -15,7 +15,9 @@ Sections (``--only`` picks some; all by default):
   process, for 84x84x4 uint8 and 1024x1024 float32 observations, beside a raw pyzmq
   DEALER/ROUTER round trip carrying the same bytes (transport only, and with the hand copy and
   the same policy), and the original rlmesh 0.1.0 from PyPI when its venv exists
-  (``RLMESH_ORIGINAL_VENV``, see benchmarks/original_rlmesh.py).
+  (``RLMESH_ORIGINAL_VENV``, see benchmarks/original_rlmesh.py); plus the same env behind a
+  unix socket stepped over the shared-memory fast path (``fast_path_*``; target: a 4 MiB
+  float32 step at <= 0.5x the raw pyzmq round trip carrying the same bytes).
 * ``jit_step``: CartPole-v1 x4 over tcp, 200 steps with a jitted 2x64 MLP: the Python loop
   against the same rollout inside one jitted ``lax.scan`` (rlmesh.integrations.jit_step).
 * ``checks``: the chex-style action checkers (rlmesh.checks) per call.
@@ -31,8 +33,10 @@ medians of many calls, one run; compare columns measured in the same run only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Callable
@@ -334,7 +338,18 @@ def _roundtrip_row(label: str, shape: tuple[int, ...], dtype: str, quick: bool, 
     obs = FixedObsEnv(list(shape), dtype)._obs
     frames = encode_message("ok", 1, (obs, 1.0, False, False, {}))
     server = rlmesh_server("decode_latency:make_fixed_env", *args, pythonpath=[bench_dir])
-    with server as address, rj.RemoteEnv(address) as env, raw_echo_server() as raw_address:
+    with contextlib.ExitStack() as stack:
+        address = stack.enter_context(server)
+        env = stack.enter_context(rj.RemoteEnv(address))
+        raw_address = stack.enter_context(raw_echo_server())
+        # The same env behind a unix socket, stepped over the shared-memory fast path.
+        unix_dir = stack.enter_context(tempfile.TemporaryDirectory())
+        unix_server = rlmesh_server(
+            "decode_latency:make_fixed_env", *args, "--address", f"unix://{unix_dir}/env.sock", pythonpath=[bench_dir]
+        )
+        fast = stack.enter_context(rj.RemoteEnv(stack.enter_context(unix_server)))
+        assert fast._group.members[0].connection.uses_shared_memory, "the fast path was not negotiated"
+        fast.reset(seed=0)
         env.reset(seed=0)
         socket = zmq.Context.instance().socket(zmq.DEALER)
         socket.setsockopt(zmq.LINGER, 0)
@@ -357,6 +372,8 @@ def _roundtrip_row(label: str, shape: tuple[int, ...], dtype: str, quick: bool, 
                 "rlmesh_step_us": lambda: env.step(1),
                 "raw_copy_policy_us": raw_copy_policy,
                 "rlmesh_step_policy_us": lambda: reduction(None, env.step(1)[0]).item(),
+                "fast_path_step_us": lambda: fast.step(1),
+                "fast_path_step_policy_us": lambda: reduction(None, fast.step(1)[0]).item(),
             },
             iterations,
         )
@@ -364,6 +381,7 @@ def _roundtrip_row(label: str, shape: tuple[int, ...], dtype: str, quick: bool, 
         socket.close()
     row.update(medians)
     row["step_vs_raw"] = row["rlmesh_step_us"] / row["raw_zmq_us"]
+    row["fast_path_vs_raw"] = row["fast_path_step_us"] / row["raw_zmq_us"]
     row["with_policy_vs_raw"] = row["rlmesh_step_policy_us"] / row["raw_copy_policy_us"]
     row["original_0_1_0_step_policy_us"] = _original_roundtrip(shape, dtype, iterations) if with_original else None
     return row
@@ -521,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     if "roundtrip" in only:
         rows = results["roundtrip"] = bench_roundtrip(args.quick, not args.no_original)
         print_table(
-            "full step over tcp loopback, server in another process (median us)",
+            "full step, server in another process, over tcp (fast_path_*: unix + shared memory), median us",
             rows,
             [
                 "observation",
@@ -531,6 +549,9 @@ def main(argv: list[str] | None = None) -> int:
                 "raw_copy_policy_us",
                 "rlmesh_step_policy_us",
                 "with_policy_vs_raw",
+                "fast_path_step_us",
+                "fast_path_vs_raw",
+                "fast_path_step_policy_us",
                 "original_0_1_0_step_policy_us",
             ],
         )

@@ -13,6 +13,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -61,6 +62,56 @@ def raw_echo_server() -> Iterator[str]:
             process.stdout.close()
 
 
+RAW_UNIX_ECHO_SERVER = r"""
+import os, socket, sys
+path = sys.argv[1]
+server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+server.bind(path)
+server.listen(1)
+print("ready", flush=True)
+conn, _ = server.accept()
+while True:
+    data = conn.recv(65536)
+    if not data or data == b"stop":
+        break
+    conn.sendall(data)
+conn.close()
+server.close()
+os.unlink(path)
+"""
+
+
+@contextlib.contextmanager
+def raw_unix_echo() -> Iterator[Callable[[bytes], bytes]]:
+    """A bare Python unix-socket echo peer in a subprocess; yields a ``round_trip(message)``.
+
+    The second floor for same-host transports: one ``sendall`` and one ``recv`` per side,
+    no framing, no ZeroMQ. Messages must be small (one ``recv`` returns the whole echo).
+    """
+    import socket
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "echo.sock")
+        process = subprocess.Popen([sys.executable, "-c", RAW_UNIX_ECHO_SERVER, path], stdout=subprocess.PIPE)
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            assert process.stdout is not None
+            process.stdout.readline()
+            client.connect(path)
+
+            def round_trip(message: bytes) -> bytes:
+                client.sendall(message)
+                return client.recv(65536)
+
+            yield round_trip
+            client.sendall(b"stop")
+        finally:
+            client.close()
+            process.wait(10)
+            if process.stdout:
+                process.stdout.close()
+
+
 def time_calls(call: Callable[[], Any], *, iterations: int, warmup: int = 50, number: int = 1) -> dict[str, float]:
     """Wall time per call in microseconds (median, mean, p90) and calls per second.
 
@@ -89,6 +140,43 @@ def summarize(samples_us: Sequence[float]) -> dict[str, float]:
         "per_s": 1e6 / statistics.fmean(samples),
         "iterations": len(samples),
     }
+
+
+def time_in_turns(
+    calls: dict[str, Callable[[], Any]], *, iterations: int, block: int = 100
+) -> dict[str, dict[str, float]]:
+    """Like :func:`time_calls` for several calls that take turns in blocks of ``block`` calls.
+
+    Blocks (rather than alternating single calls) let each peer reach its steady state (a
+    spinning server stays awake for back-to-back steps) while machine noise still hits all
+    of them alike.
+    """
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for call in calls.values():
+        for _ in range(block):
+            call()
+    clock = time.perf_counter_ns
+    done = 0
+    while done < iterations:
+        count = min(block, iterations - done)
+        for name, call in calls.items():
+            bucket = samples[name]
+            for _ in range(count):
+                start = clock()
+                call()
+                bucket.append((clock() - start) / 1000)
+        done += count
+    results = {}
+    for name, values in samples.items():
+        values.sort()
+        results[name] = {
+            "median_us": statistics.median(values),
+            "mean_us": statistics.fmean(values),
+            "p90_us": values[int(0.9 * (len(values) - 1))],
+            "per_s": 1e6 / statistics.fmean(values),
+            "iterations": iterations,
+        }
+    return results
 
 
 def machine() -> dict[str, Any]:

@@ -7,18 +7,25 @@ Measures, with the env server in a separate process:
   * a 16-lane vector endpoint's env-steps per second against an in-process SyncVectorEnv(16);
   * the original RLMesh 0.1.0 (PyPI), from its own venv, when it can be installed;
   * the cost of CURVE (authentication and encryption): a CartPole step and an 84x84x4 uint8
-    step over tcp loopback with and without CURVE, both servers up and stepped in alternating blocks.
+    step over tcp loopback with and without CURVE, both servers up and stepped in alternating blocks;
+  * same host: a CartPole step over the shared-memory fast path against a raw Python
+    unix-socket ping-pong (the second floor), the raw pyzmq round trip and the same server
+    over its unix socket with ZeroMQ only, taking turns so noise hits them alike; with
+    ``--sandbox``, a SandboxEnv CartPole step (Docker, fast path) as well.
 
 Targets (issue 2): step within 1.5x of the raw floor; 16 lanes at >= 50% of in-process.
+Targets (same host): fast-path step <= 0.5x the raw pyzmq round trip and <= 2x the raw unix
+ping-pong; SandboxEnv step <= 1.2x the plain unix endpoint's fast-path step.
 
 Usage (from the repository root):
-  python -m benchmarks.step_latency [--iterations 3000] [--skip-original] [--curve-only]
+  python -m benchmarks.step_latency [--iterations 3000] [--skip-original] [--curve-only] [--sandbox]
 (--curve-only measures only the CURVE table and writes results/step_latency_curve.json.)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
@@ -178,6 +185,62 @@ def _step_block(env: object, steps: int, samples: list[float]) -> None:
             env.reset()  # type: ignore[attr-defined]
 
 
+def stepper(env: object) -> object:
+    """A zero-argument CartPole step with alternating actions, resetting at episode ends."""
+    env.reset(seed=0)  # type: ignore[attr-defined]
+    state = {"t": 0}
+
+    def step() -> None:
+        state["t"] += 1
+        _, _, terminated, truncated, _ = env.step(state["t"] & 1)  # type: ignore[attr-defined]
+        if terminated or truncated:
+            env.reset()  # type: ignore[attr-defined]
+
+    return step
+
+
+def uses_shared_memory(env: object) -> bool:
+    """Whether a client's (first) session negotiated the shared-memory plane."""
+    return env._group.members[0].connection.uses_shared_memory  # type: ignore[attr-defined]
+
+
+def same_host(iterations: int, sandbox: bool) -> dict[str, dict[str, float]]:
+    """The fast path against both floors and ZeroMQ over the same unix socket, in turns."""
+    message = msgpack.packb({"op": "step", "id": 1, "action": 1, "observation": [0.1, 0.2, 0.3, 0.4]})
+    with contextlib.ExitStack() as stack:
+        directory = stack.enter_context(tempfile.TemporaryDirectory())
+        zmq_address = stack.enter_context(harness.raw_echo_server())
+        unix_round_trip = stack.enter_context(harness.raw_unix_echo())
+        address = stack.enter_context(harness.rlmesh_server("CartPole-v1", "--address", f"unix://{directory}/env.sock"))
+        socket = zmq.Context.instance().socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.connect(zmq_address)
+        stack.callback(socket.close)
+
+        def zmq_round_trip() -> None:
+            socket.send(message)
+            msgpack.unpackb(socket.recv())
+
+        fast = stack.enter_context(rn.RemoteEnv(address))
+        assert uses_shared_memory(fast), "the fast path was not negotiated"
+        calls = {
+            "raw_zmq": zmq_round_trip,
+            "raw_unix": lambda: msgpack.unpackb(unix_round_trip(message)),
+            "fast_path": stepper(fast),
+            "unix_zmq_only": stepper(stack.enter_context(rn.RemoteEnv(address, shared_memory=False))),
+        }
+        if sandbox:
+            import os
+
+            os.environ.setdefault("RLMESH_SANDBOX_BASE_IMAGE", "rlmesh/python-base:3.11")
+            box = stack.enter_context(rn.SandboxEnv("CartPole-v1", rlmesh_package="local"))
+            assert uses_shared_memory(box.client), "the sandbox did not negotiate the fast path"
+            calls["sandbox_fast_path"] = stepper(box)
+        results = harness.time_in_turns(calls, iterations=iterations)
+        socket.send(b"stop")
+        return results
+
+
 def local_single(iterations: int) -> dict[str, float]:
     env = gym.make("CartPole-v1")
     try:
@@ -207,6 +270,7 @@ def main() -> None:
     parser.add_argument("--lanes", type=int, default=16)
     parser.add_argument("--skip-original", action="store_true", help="do not build or run the original rlmesh")
     parser.add_argument("--curve-only", action="store_true", help="measure only the CURVE cost table")
+    parser.add_argument("--sandbox", action="store_true", help="also time a SandboxEnv step (needs Docker)")
     args = parser.parse_args()
     n = args.iterations
     command = "python -m benchmarks.step_latency " + " ".join(sys.argv[1:])
@@ -215,13 +279,15 @@ def main() -> None:
         print(f"wrote {path}")
         return
 
+    near = same_host(n, args.sandbox)
+
     with harness.raw_echo_server() as address:
         floor = raw_floor(address, n)
     with harness.rlmesh_server("CartPole-v1") as address:
         tcp = remote_single(address, n)
     unix_path = Path(f"/tmp/rlmesh-bench-{np.random.default_rng().integers(1 << 30)}.sock")
     with harness.rlmesh_server("CartPole-v1", "--address", f"unix://{unix_path}") as address:
-        unix = remote_single(address, n)
+        unix = remote_single(address, n, shared_memory=False)
     local = local_single(n)
     lanes = args.lanes
     with harness.rlmesh_server("CartPole-v1", "--num-envs", str(lanes)) as address, rn.RemoteVectorEnv(address) as env:
@@ -246,7 +312,7 @@ def main() -> None:
             "x_floor": tcp["median_us"] / floor_us,
         },
         {
-            "measurement": "rlmesh CartPole step, unix socket",
+            "measurement": "rlmesh CartPole step, unix socket (ZeroMQ only)",
             "median_us": unix["median_us"],
             "mean_us": unix["mean_us"],
             "x_floor": unix["median_us"] / floor_us,
@@ -291,10 +357,37 @@ def main() -> None:
             }
         )
     harness.print_table("Vector throughput", vec_rows, ["measurement", "env_steps_per_s", "x_in_process"])
+    near_zmq, near_unix = near["raw_zmq"]["median_us"], near["raw_unix"]["median_us"]
+    labels = {
+        "raw_zmq": "raw pyzmq round trip (~60 B msgpack)",
+        "raw_unix": "raw Python unix-socket ping-pong (~60 B)",
+        "fast_path": "rlmesh CartPole step, unix + shared memory",
+        "unix_zmq_only": "rlmesh CartPole step, unix, ZeroMQ only",
+        "sandbox_fast_path": "SandboxEnv CartPole step, shared memory",
+    }
+    harness.print_table(
+        "Same host (server in another process; peers take turns in blocks of 100)",
+        [
+            {
+                "measurement": labels[name],
+                "median_us": stats["median_us"],
+                "p90_us": stats["p90_us"],
+                "x_raw_zmq": stats["median_us"] / near_zmq,
+                "x_raw_unix": stats["median_us"] / near_unix,
+            }
+            for name, stats in near.items()
+        ],
+        ["measurement", "median_us", "p90_us", "x_raw_zmq", "x_raw_unix"],
+    )
+    fast_us = near["fast_path"]["median_us"]
     verdict = {
         "step_within_1.5x_floor": tcp["median_us"] <= 1.5 * floor_us,
         "vector_at_least_50pct_in_process": remote_vec["env_steps_per_s"] >= 0.5 * local_vec["env_steps_per_s"],
+        "fast_path_at_most_0.5x_raw_zmq": fast_us <= 0.5 * near_zmq,
+        "fast_path_within_2x_raw_unix": fast_us <= 2 * near_unix,
     }
+    if "sandbox_fast_path" in near:
+        verdict["sandbox_within_1.2x_fast_path"] = near["sandbox_fast_path"]["median_us"] <= 1.2 * fast_us
     print(f"\ntargets: {verdict}")
     curve = curve_cost(n)
     path = harness.write_json(
@@ -308,6 +401,7 @@ def main() -> None:
             "vector_remote": remote_vec,
             "vector_in_process": local_vec,
             "original_rlmesh_0_1_0": original,
+            "same_host": near,
             "targets": verdict,
             "curve": curve,
         },

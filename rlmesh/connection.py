@@ -203,7 +203,7 @@ class Connection:
     ) -> Any:
         if channel is None:
             self._spin()
-        elif channel.wait(self._spinner):
+        elif (channel.server_was_awake or channel.replied()) and channel.wait(self._spinner):
             result = channel.receive(decode_leaf, self.limits)
             if result is not None:
                 return result

@@ -35,6 +35,7 @@ from rlmesh.shm.region import (
     REQUEST_HEADER_BYTES,
     REQUEST_SEQ,
     REQUEST_SLOT,
+    SERVER_AWAKE,
     Layout,
     Region,
     align,
@@ -183,6 +184,10 @@ class ServerChannel(_Channel):
         """Spin for a request within ``spinner``'s budget; whether one is pending."""
         return spinner.spin(self.words, REQUEST_SEQ, self.handled + 1)
 
+    def set_awake(self, awake: bool) -> None:
+        """Tell the client whether a request would find this side awake (no wake-up to pay)."""
+        self.words[SERVER_AWAKE] = int(awake)
+
     def receive(self, limits: Limits = DEFAULT_LIMITS) -> tuple[Header, Any]:
         """Read the pending request, copying its tensors out.
 
@@ -231,6 +236,7 @@ class ClientChannel(_Channel):
         super().__init__(region, request_bell, reply_bell)
         layout = self.layout
         self.sent = 0
+        self.server_was_awake = False  # when the last request was written
         # One ctypes buffer per slot: NumPy keeps such an exporter (not the mapping) as the
         # base of every array viewing it, so its reference count says whether the slot is free.
         slot_type = ctypes.c_char * layout.slot_bytes
@@ -295,6 +301,7 @@ class ClientChannel(_Channel):
         words = self.words
         words[REQUEST_HEADER_BYTES] = len(header)
         words[REQUEST_SLOT] = self._free_slot()
+        self.server_was_awake = bool(words[SERVER_AWAKE])
         self.sent += 1
         words[REQUEST_SEQ] = self.sent
         self.request_bell.ring()

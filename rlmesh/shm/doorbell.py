@@ -70,21 +70,31 @@ class Doorbell:
 
 
 class Spinner:
-    """Adaptive busy-wait budget: spin about as long as the awaited event usually takes.
+    """Adaptive busy-wait: spin about as long as the awaited event usually takes, when it pays.
 
     A spin that succeeds keeps the budget at twice the observed wait (up to ``max_seconds``);
-    a spin that times out halves it, so a peer that stays quiet costs ever less CPU. On a busy
-    machine a spinner would steal the peer's core, so the loop yields the CPU between checks.
+    a spin that times out halves it, so a peer that stays quiet costs ever less CPU. The loop
+    yields the CPU between checks; when a yield hands the core to another task for long, the
+    machine has more busy tasks than cores, where spinning only delays everyone (the peer
+    included, and a spinner loses the core for a whole time slice at a time). Spinning then
+    pauses for a number of waits that doubles while it keeps happening.
 
     Args:
         max_seconds: Longest spin; 0 never spins.
     """
 
-    __slots__ = ("budget", "max_seconds")
+    __slots__ = ("backoff", "budget", "max_seconds", "skip")
+
+    # A yield that returns later than this ran another task: the cores are oversubscribed.
+    STOLEN_SECONDS = 50e-6
+    BACKOFF_MIN = 8
+    BACKOFF_MAX = 1024
 
     def __init__(self, max_seconds: float) -> None:
         self.max_seconds = max(0.0, max_seconds)
         self.budget = self.max_seconds
+        self.skip = 0
+        self.backoff = 0
 
     def spin(self, ready: object, index: int, target: int) -> bool:
         """Spin until ``ready[index] >= target`` or the budget runs out; whether it got there."""
@@ -93,22 +103,29 @@ class Spinner:
         budget = self.budget
         if budget <= 0:
             return False
+        if self.skip:
+            self.skip -= 1
+            return False
         clock = time.perf_counter
-        start = clock()
+        start = before = clock()
         end = start + budget
-        checks = 0
         yield_cpu = os.sched_yield
+        stolen = self.STOLEN_SECONDS
         while True:
             if ready[index] >= target:  # type: ignore[index]
                 waited = clock() - start
                 self.budget = min(self.max_seconds, max(self.budget, 2 * waited))
+                self.backoff = 0
                 return True
-            # Yielding on every check costs about a microsecond of latency and lets a peer
-            # (or anything else) waiting for this core run at once on a busy machine.
             yield_cpu()
-            checks += 1
-            if not checks & 15 and clock() >= end:
+            now = clock()
+            if now - before > stolen:
+                self.backoff = min(max(2 * self.backoff, self.BACKOFF_MIN), self.BACKOFF_MAX)
+                self.skip = self.backoff
+                return False
+            if now >= end:
                 break
+            before = now
         self.budget = max(budget / 2, self.max_seconds / 64)
         return False
 

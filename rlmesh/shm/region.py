@@ -36,6 +36,7 @@ REQUEST_SLOT = 10  # the reply slot the client wants this request's reply in
 REPLY_SEQ = 16  # server line (byte 128): sequence of the last reply written
 REPLY_HEADER_BYTES = 17
 REPLY_SLOT = 18
+SERVER_AWAKE = 19  # 1 while the server is not asleep in poll: a request needs no wake-up
 CONTROL_BYTES = PAGE
 
 

@@ -70,12 +70,22 @@ class SessionFastPath:
         return None if self.channel is None else self.channel.fd
 
     def has_request(self, spin: bool = True) -> bool:
-        """Whether a request waits in the channel (after a short adaptive spin when ``spin``)."""
+        """Whether a request waits in the channel (after a short adaptive spin when ``spin``).
+
+        With ``spin``, a False answer means the caller is about to sleep in poll: the client
+        is told, so that it does not spin for a reply that first needs this side woken up
+        (on a busy machine the woken worker would wait for the spinning client's core).
+        """
         channel = self.channel
         if channel is None:
             return False
+        channel.set_awake(True)
         channel.request_bell.drain()  # then check: a ring after this wakes the next poll
-        return channel.pending() or (spin and channel.wait(self.spinner))
+        if channel.pending() or (spin and channel.wait(self.spinner)):
+            return True
+        if spin:
+            channel.set_awake(False)
+        return False
 
     def serve(self, answer: Callable[[Callable[[], tuple[Any, Any]]], list[Any]]) -> list[Any] | None:
         """Answer the waiting request with ``answer(read)``, replying in place.

@@ -211,7 +211,8 @@ def test_doorbell_wakes_a_poller_and_drains(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == []
 
 
-def test_spinner_adapts_its_budget() -> None:
+def test_spinner_adapts_its_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Spinner, "STOLEN_SECONDS", 10.0)  # as on an idle machine
     words = np.zeros(4, np.uint64)
     spinner = Spinner(0.001)
     assert not spinner.spin(words, 0, 1)
@@ -219,6 +220,18 @@ def test_spinner_adapts_its_budget() -> None:
     words[0] = 1
     assert spinner.spin(words, 0, 1)
     assert not Spinner(0.0).spin(words, 0, 2)
+
+
+def test_spinner_backs_off_when_yields_lose_the_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Spinner, "STOLEN_SECONDS", 0.0)  # every yield ran another task
+    words = np.zeros(4, np.uint64)
+    spinner = Spinner(0.001)
+    assert not spinner.spin(words, 0, 1)
+    assert spinner.skip == Spinner.BACKOFF_MIN and spinner.budget == 0.001
+    assert not spinner.spin(words, 0, 1)
+    assert spinner.skip == Spinner.BACKOFF_MIN - 1  # skipped without spinning
+    words[0] = 1
+    assert spinner.spin(words, 0, 1)  # a ready event is seen whatever the backoff
 
 
 def test_space_bytes_sums_aligned_leaves() -> None:
