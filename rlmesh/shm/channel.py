@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import math
 import os
+import stat
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -351,8 +352,6 @@ class ClientChannel(_Channel):
 
 
 def _is_fifo(path: str) -> bool:
-    import stat
-
     try:
         return stat.S_ISFIFO(os.lstat(path).st_mode)
     except OSError:

@@ -47,6 +47,19 @@ def test_unix_sessions_use_shared_memory_and_leave_only_the_socket(serve, tmp_pa
     assert listing(tmp_path) == []
 
 
+def test_process_isolated_sessions_use_shared_memory_too(serve, tmp_path: Path) -> None:
+    server = serve(CountingEnv, f"unix://{tmp_path}/env.sock", isolation="process")
+    with rn.RemoteEnv(server.address) as first, rn.RemoteEnv(server.address) as second:
+        assert connection_of(first).uses_shared_memory and connection_of(second).uses_shared_memory
+        first.reset(seed=0)
+        second.reset(seed=0)
+        for t in range(1, 4):
+            assert first.step(0)[0][0, 0] == t
+        assert second.step(0)[0][0, 0] == 1.0
+    server.shutdown()
+    assert listing(tmp_path) == []
+
+
 def test_tcp_sessions_and_both_opt_outs_stay_on_zeromq(serve, tmp_path: Path) -> None:
     with rn.RemoteEnv(serve(CountingEnv).address) as env:
         assert not connection_of(env).uses_shared_memory
