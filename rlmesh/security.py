@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ log = logging.getLogger("rlmesh.security")
 PUBLIC_SUFFIX = ".key"
 SECRET_SUFFIX = ".key_secret"
 _KEY_LENGTH = 40  # a z85-encoded 32-byte key
+_ZAP_BIND_RETRY_S = 2.0
 
 KeySource = str | bytes | os.PathLike[str]
 """A z85 key (40 characters) or the path of a certificate file holding it."""
@@ -412,16 +414,21 @@ class _SharedAuthenticator:
                 authenticator.stop()
 
     def _start(self) -> ThreadAuthenticator:
-        authenticator = ThreadAuthenticator(shared_context(), log=logging.getLogger("rlmesh.security.zap"))
-        try:
-            authenticator.start()
-        except zmq.ZMQError as error:
-            authenticator.stop()
-            raise RuntimeError(
-                "cannot start the CURVE authenticator: another ZAP handler is bound on the shared ZeroMQ context "
-                f"({error})"
-            ) from None
-        return authenticator
+        # A handler stopped a moment ago releases its inproc endpoint asynchronously: retry briefly.
+        deadline = time.monotonic() + _ZAP_BIND_RETRY_S
+        while True:
+            authenticator = ThreadAuthenticator(shared_context(), log=logging.getLogger("rlmesh.security.zap"))
+            try:
+                authenticator.start()
+                return authenticator
+            except zmq.ZMQError as error:
+                authenticator.stop()
+                if error.errno != zmq.EADDRINUSE or time.monotonic() >= deadline:
+                    raise RuntimeError(
+                        "cannot start the CURVE authenticator: another ZAP handler is bound on the shared "
+                        f"ZeroMQ context ({error})"
+                    ) from None
+            time.sleep(0.01)
 
 
 _AUTHENTICATOR = _SharedAuthenticator()
