@@ -69,6 +69,7 @@ class Connection:
         self._spin_skip = 0
         self._spin_backoff = 0
         self._disconnects = 0
+        self._session_open = False
         context = shared_context()
         self._socket = configure(context.socket(zmq.DEALER))
         self._socket.setsockopt(zmq.ROUTING_ID, uuid.uuid4().bytes)
@@ -136,6 +137,8 @@ class Connection:
             RLMeshError: the typed error the server replied with.
         """
         with self._lock:
+            if op == p.CLOSE and not self._session_open:
+                return None  # no handshake succeeded: there is no session to close
             request_id = self.send(op, payload, encode_leaf=encode_leaf)
             return self.receive(op, request_id, timeout=timeout, decode_leaf=decode_leaf, connecting=connecting)
 
@@ -181,6 +184,7 @@ class Connection:
         if header.kind == p.ERROR:
             raise p.error_from_payload(reply, self.endpoint)
         if op == p.HELLO and isinstance(reply, dict):
+            self._session_open = True
             self._adopt_server_limits(reply)
         return reply
 

@@ -344,3 +344,18 @@ def test_cli_serves_with_process_isolation(serve_process) -> None:
         np.testing.assert_array_equal(remote.reset(seed=3)[0], local.reset(seed=3)[0])
         np.testing.assert_array_equal(remote.step(1)[0], local.step(1)[0])
     local.close()
+
+
+def test_a_failed_handshake_ends_at_the_connect_timeout_without_a_close_round_trip() -> None:
+    silent = zmq.Context.instance().socket(zmq.ROUTER)  # accepts connections, never answers
+    silent.setsockopt(zmq.LINGER, 0)
+    port = silent.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        with pytest.raises(ConnectionError, match="within 0.3s; check that a server runs at that address"):
+            rn.RemoteEnv(f"tcp://127.0.0.1:{port}", connect_timeout_seconds=0.3)
+        ops = []
+        while silent.poll(200):
+            ops.append(msgpack.unpackb(silent.recv_multipart()[1])[0])
+        assert ops == ["hello"]  # nothing more to wait for: there was no session to close
+    finally:
+        silent.close()
