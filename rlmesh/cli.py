@@ -10,6 +10,7 @@ import sys
 import traceback
 from typing import Any
 
+from rlmesh.codec import DEFAULT_MAX_MESSAGE_BYTES
 from rlmesh.sources import VECTORIZATION_MODES, env_factory, parse_kwargs
 
 
@@ -75,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run each session's env in its own thread (default) or child process",
     )
     serve.add_argument("--max-sessions", type=int, default=256, help="most concurrent client sessions")
+    serve.add_argument(
+        "--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES, help="largest accepted request"
+    )
     serve.add_argument(
         "--send-timeout", type=float, default=10.0, help="drop a client that has not read its replies this long"
     )
@@ -155,6 +159,7 @@ def serve_command(args: argparse.Namespace) -> int:
         busy_poll_seconds=args.busy_poll_us / 1e6,
         isolation=args.isolation,
         max_sessions=args.max_sessions,
+        max_message_bytes=args.max_message_bytes,
         send_timeout_seconds=args.send_timeout,
         curve_secret_key=args.curve_secret_key,
         curve_authorized_keys=args.curve_authorized_keys,

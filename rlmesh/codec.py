@@ -194,10 +194,19 @@ def parse_header(frame: bytes | memoryview, limits: Limits = DEFAULT_LIMITS) -> 
         raise ProtocolError(f"malformed message header: {error}") from None
     if not isinstance(kind, str) or not isinstance(request_id, int) or not isinstance(body, bytes):
         raise ProtocolError("malformed message header: expected [str, int, list, bytes]")
+    try:
+        shapes = _parse_descriptors(descriptors, len(frame), limits)
+    except ProtocolError as error:
+        error.request_id = request_id  # type: ignore[attr-defined]  # lets the refusal reach the caller
+        raise
+    return Header(kind, request_id, shapes, body)
+
+
+def _parse_descriptors(descriptors: Any, header_bytes: int, limits: Limits) -> list[tuple[tuple[int, ...], np.dtype]]:
     if not isinstance(descriptors, list) or len(descriptors) > limits.max_tensors:
         raise ProtocolError(f"a message may carry at most {limits.max_tensors} tensors")
     shapes = []
-    total = len(frame)
+    total = header_bytes
     for descriptor in descriptors:
         try:
             code, shape = descriptor
@@ -205,21 +214,21 @@ def parse_header(frame: bytes | memoryview, limits: Limits = DEFAULT_LIMITS) -> 
             if dtype is None:
                 raise ValueError(f"unknown dtype code {code!r}")
             shape = tuple(shape)
-            # No dimension can exceed the byte limit (zero-size arrays included): NumPy
-            # refuses dimensions past its index range, and those are not worth a buffer.
             if len(shape) > 32 or not all(type(d) is int and d >= 0 for d in shape):
                 raise ValueError(f"bad shape {shape!r:.100}")
-            if any(d > limits.max_message_bytes for d in shape):
-                raise ValueError(f"shape {shape!r:.100} has a dimension over max_message_bytes")
+            size = math.prod(shape)
+            # NumPy refuses dimensions past its index range even in empty arrays.
+            if size == 0 and any(d > limits.max_message_bytes for d in shape):
+                raise ValueError(f"bad shape {shape!r:.100}: a dimension exceeds max_message_bytes")
         except (TypeError, ValueError, IndexError) as error:
             if isinstance(error, IndexError):
                 error = ValueError(f"unknown dtype code {descriptor[0]!r}")
             raise ProtocolError(f"malformed tensor descriptor {descriptor!r:.100}: {error}") from None
-        total += math.prod(shape) * dtype.itemsize
+        total += size * dtype.itemsize
         if total > limits.max_message_bytes:
             raise ProtocolError(f"message exceeds max_message_bytes={limits.max_message_bytes}")
         shapes.append((shape, dtype))
-    return Header(kind, request_id, shapes, body)
+    return shapes
 
 
 class _ExtensionDecoder:

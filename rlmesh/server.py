@@ -446,16 +446,17 @@ class EnvServer:
             return  # an empty message: nothing to answer
         request_id = 0
         try:
+            header = parse_header(frames[1], self._limits)
+            request_id = header.request_id  # so that even a refusal reaches the waiting caller
             total = sum(len(frame) for frame in frames[1:])
             if total > self._limits.max_message_bytes:
                 raise ProtocolError(
                     f"request of {total} bytes exceeds max_message_bytes={self._limits.max_message_bytes}"
                 )
-            header = parse_header(frames[1], self._limits)
-            request_id = header.request_id
             check_frames(header, frames[2:])
             self._route(identity, header, frames)
         except Exception as error:
+            request_id = getattr(error, "request_id", request_id)
             self._reply(identity, encode_message(p.ERROR, request_id, p.reply_for(error, self._tracebacks)))
 
     def _route(self, identity: bytes, header: Header, frames: list[Any]) -> None:

@@ -90,6 +90,7 @@ class SessionWorker:
                 raise self.failure
             reply = self._dispatch(header.kind, payload)
         except Exception as error:
+            request_id = getattr(error, "request_id", request_id)
             return encode_message(p.ERROR, request_id, p.reply_for(error, self.send_tracebacks))
         return _encode_reply(request_id, reply, self.send_tracebacks)
 
@@ -250,7 +251,9 @@ def serve_session(
             if fast is not None and fast.has_request(spin=False):
                 _serve_fast_path(worker, fast, socket)  # written before this one was sent
             reply = worker.handle(frames)
+            del frames  # a large request's buffers go back now, not at the next request
             socket.send_multipart(reply, copy=len(reply) == 1)
+            del reply
     except zmq.ContextTerminated:
         pass
     finally:

@@ -359,3 +359,14 @@ def test_a_failed_handshake_ends_at_the_connect_timeout_without_a_close_round_tr
         assert ops == ["hello"]  # nothing more to wait for: there was no session to close
     finally:
         silent.close()
+
+
+def test_a_request_just_over_the_limit_gets_a_protocol_error_for_that_request(serve) -> None:
+    server = serve("CartPole-v1", max_message_bytes=1 << 20)
+    connection = Connection(server.address)  # no handshake: the server has to refuse it
+    try:
+        with pytest.raises(rlmesh.ProtocolError, match="exceeds max_message_bytes=1048576"):
+            connection.request(p.STEP, np.zeros((1 << 20) + 1, np.uint8), timeout=30)
+    finally:
+        connection.close()
+    still_serves(server.address)
