@@ -5,6 +5,11 @@ shutdowns and malformed messages itself, and forwards everything else to the ses
 worker (see :mod:`rlmesh.sessions`) over a backend ROUTER; replies travel back the same
 way. The front never blocks on a peer: replies are sent without waiting, and a client
 that stops reading them is dropped after ``send_timeout_seconds``.
+
+While a thread-isolated server has one session only, the front runs that session's worker
+itself, which saves two thread hand-offs per step; the session moves to its own thread as
+soon as another client says hello or one of its requests takes longer than a few
+milliseconds, so a slow env can delay another session by one request at most, once.
 """
 
 from __future__ import annotations
@@ -72,6 +77,8 @@ _SWEEP_INTERVAL_S = 0.05
 # A well-behaved client has one request in flight; these bound what a flooding one costs.
 _MAX_IN_FLIGHT = 8
 _MAX_QUEUED = 64
+# A request that takes longer than this moves a session served on the front to its own thread.
+_INLINE_MAX_S = 0.005
 # Messages libzmq queues per peer and direction (each at most max_message_bytes).
 _PEER_HWM = 64
 ISOLATION_MODES = ("thread", "process")
@@ -159,6 +166,7 @@ class _Session:
         "dropped",
         "identity",
         "in_flight",
+        "inline",
         "last_seen",
         "process",
         "queued",
@@ -181,6 +189,7 @@ class _Session:
         self.dropped = 0
         self.thread: threading.Thread | None = None
         self.process: Any = None
+        self.inline: SessionWorker | None = None  # served on the front thread itself
 
 
 def _as_factory(env: Any) -> Callable[[], Any] | None:
@@ -490,6 +499,9 @@ class EnvServer:
                 log.warning("dropping requests from a client that floods its session (%d so far)", session.dropped)
 
     def _forward(self, session: _Session, request_id: int, frames: list[Any]) -> None:
+        if session.inline is not None:
+            self._serve_inline(session, frames)
+            return
         session.in_flight.append(request_id)
         frames[0] = session.worker_id
         self._backend.send_multipart(frames, copy=False)
@@ -520,7 +532,15 @@ class EnvServer:
             )
         if self._factory is None and not self._claim_shared_env(identity, frames):
             return None
+        for other in list(self._sessions.values()):
+            if other.inline is not None:
+                self._move_to_thread(other)
         session = _Session(identity, (next(self._worker_ids)).to_bytes(8, "little"))
+        if not self._processes and not self._sessions and not self._workers:
+            session.inline = self._worker_factory()()
+            session.ready = True
+            self._sessions[identity] = session
+            return session
         if self._processes:
             spare = self._spare_process
             if spare is not None and spare.process.is_alive():
@@ -536,6 +556,26 @@ class EnvServer:
         self._sessions[identity] = session
         self._workers[session.worker_id] = session
         return session
+
+    def _move_to_thread(self, session: _Session) -> None:
+        """Hand a session served on the front over to a worker thread of its own."""
+        worker, session.inline = session.inline, None
+        assert worker is not None
+        session.ready = False  # until the thread says READY; requests queue meanwhile
+        session.thread = start_thread_worker(lambda: worker, self._backend_endpoint, session.worker_id)
+        self._workers[session.worker_id] = session
+
+    def _serve_inline(self, session: _Session, frames: list[Any]) -> None:
+        worker = session.inline
+        assert worker is not None
+        started = time.perf_counter()
+        reply = worker.handle(frames[1:])
+        took = time.perf_counter() - started
+        self._reply(session.identity, reply, session)
+        if worker.finished:
+            self._end_session(session, "its client closed it")
+        elif took > _INLINE_MAX_S and session.inline is worker:
+            self._move_to_thread(session)
 
     def _worker_factory(self) -> Callable[[], SessionWorker]:
         if self._shared_runner is not None:
@@ -679,7 +719,11 @@ class EnvServer:
             log.info("closing a session: %s", why)
         session.unsent.clear()
         session.queued.clear()
-        if session.worker_id in self._workers:
+        if session.inline is not None:
+            worker, session.inline = session.inline, None
+            worker.close()
+            self._worker_done(session)
+        elif session.worker_id in self._workers:
             try:
                 self._backend.send_multipart([session.worker_id, STOP], zmq.NOBLOCK)
             except zmq.ZMQError:

@@ -370,3 +370,29 @@ def test_a_request_just_over_the_limit_gets_a_protocol_error_for_that_request(se
     finally:
         connection.close()
     still_serves(server.address)
+
+
+def test_a_lone_slow_session_moves_off_the_front_before_others_arrive(serve) -> None:
+    server = serve(SleepyEnv)
+    slow = rn.RemoteEnv(server.address)
+    slow.reset(seed=0)
+    slow.step(1)  # served on the front while alone; this slow step hands it to a thread
+    done = threading.Event()
+
+    def crawl() -> None:
+        for _ in range(3):
+            slow.step(1)
+        done.set()
+
+    crawler = threading.Thread(target=crawl)
+    crawler.start()
+    latencies = []
+    with rn.RemoteEnv(server.address) as fast:
+        fast.reset(seed=0)
+        while not done.is_set():
+            started = time.perf_counter()
+            fast.step(0)
+            latencies.append(time.perf_counter() - started)
+    crawler.join()
+    assert len(latencies) >= 10 and statistics.median(latencies) < 0.1
+    slow.close()
