@@ -8,8 +8,8 @@ that stops reading them is dropped after ``send_timeout_seconds``.
 
 While a thread-isolated server has one session only, the front runs that session's worker
 itself, which saves two thread hand-offs per step; the session moves to its own thread as
-soon as another client says hello or one of its requests takes longer than a few
-milliseconds, so a slow env can delay another session by one request at most, once.
+soon as another client says hello or one of its requests takes longer than 50 ms, so a
+slow env can delay another client's handshake by one request at most, once.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ _SWEEP_INTERVAL_S = 0.05
 _MAX_IN_FLIGHT = 8
 _MAX_QUEUED = 64
 # A request that takes longer than this moves a session served on the front to its own thread.
-_INLINE_MAX_S = 0.005
+_INLINE_MAX_S = 0.05
 # Messages libzmq queues per peer and direction (each at most max_message_bytes).
 _PEER_HWM = 64
 ISOLATION_MODES = ("thread", "process")
