@@ -536,7 +536,8 @@ class EnvServer:
             if other.inline is not None:
                 self._move_to_thread(other)
         session = _Session(identity, (next(self._worker_ids)).to_bytes(8, "little"))
-        if not self._processes and not self._sessions and not self._workers:
+        alone = not self._sessions and not self._workers
+        if alone and not self._processes and self._shared_memory_path is None:  # same-host clients use shm
             session.inline = self._worker_factory()()
             session.ready = True
             self._sessions[identity] = session
