@@ -213,7 +213,8 @@ def ray_serve_command(args: argparse.Namespace) -> int:
             os.replace(temporary, args.ready_file)
         if not args.quiet:
             each = "one env per client" if args.num_envs is None else f"{args.num_envs} lanes in all"
-            print(f"rlmesh: {len(servers)} Ray servers ({each}) on {' '.join(servers.addresses)}", flush=True)
+            where = " ".join(servers.addresses)
+            print(f"rlmesh: serving {args.source} on {len(servers)} Ray servers ({each}): {where}", flush=True)
         while not stopped.wait(0.5):
             pass
     return 0

@@ -211,7 +211,7 @@ def test_cli_serve_ray_prints_and_writes_addresses(local_ray: str, tmp_path: Pat
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
-    assert out.strip().endswith(" ".join(addresses)) and "2 Ray servers (5 lanes in all)" in out
+    assert out.strip().endswith(" ".join(addresses)) and "serving CartPole-v1 on 2 Ray servers (5 lanes in all)" in out
     assert all(not pid_alive(pid) for pid in _pids_serving(addresses))
 
 

@@ -4,7 +4,7 @@ Ray binds every interface and probes outside addresses, so it never starts on th
 here: this module runs the scenario modules (``ray_*_scenarios.py``) once, in a fresh network
 and PID namespace that has only loopback, and reports each scenario as one test. Without the
 ``ray`` extra or a way to make the namespace (``unshare``, ``ip``, root or user namespaces)
-the tests skip with the reason.
+the tests skip with the reason (in CI, where both are installed, they fail instead).
 """
 
 from __future__ import annotations
@@ -39,12 +39,15 @@ def _scenario_ids() -> list[str]:
 @pytest.fixture(scope="module")
 def scenario_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, str]]:
     """Run the scenario modules once inside the namespace; ``{id: (outcome, details)}``."""
-    pytest.importorskip("ray", reason="needs the rlmesh[ray] extra")
-    from rlmesh.integrations.ray.namespace import namespace_problem, run_in_namespace
+    from needs import unavailable
 
+    try:
+        from rlmesh.integrations.ray.namespace import namespace_problem, run_in_namespace
+    except ImportError as error:
+        unavailable(f"needs the rlmesh[ray] extra: {error}")
     problem = namespace_problem()
     if problem is not None:
-        pytest.skip(f"Ray runs only inside a loopback-only network namespace, and none can be made: {problem}")
+        unavailable(f"Ray runs only inside a loopback-only network namespace, and none can be made: {problem}")
     report = tmp_path_factory.mktemp("ray") / "report.xml"
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}"]
     command += [str(HERE / name) for name in SCENARIO_FILES]
