@@ -19,7 +19,7 @@ from rlmesh.sources import VECTORIZATION_MODES
 
 # Ray placement-group strategies by the name launch_servers accepts.
 PLACEMENTS = {"spread": "SPREAD", "pack": "PACK", "strict_spread": "STRICT_SPREAD", "strict_pack": "STRICT_PACK"}
-_STOP_GRACE_S = 5.0
+_STOP_GRACE_S = 30.0  # a sandboxed server removes its container on stop
 _ANSI_ESCAPES = re.compile(r"\x1b\[[0-9;]*m")
 
 
