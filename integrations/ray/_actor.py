@@ -24,7 +24,8 @@ class ServerActor:
         """Build the env, bind an endpoint on this node with port 0, and describe it.
 
         Returns:
-            ``{"address", "node_id", "host", "pid"}`` of this server.
+            ``{"address", "node_id", "host", "pid", "container_id"}`` of this server (the
+            container id is empty unless sandboxed).
         """
         import ray
 
@@ -45,6 +46,7 @@ class ServerActor:
             "node_id": ray.get_runtime_context().get_node_id(),
             "host": host,
             "pid": os.getpid(),
+            "container_id": self._sandbox.container_id if self._sandbox is not None else "",
         }
 
     def stop(self) -> None:

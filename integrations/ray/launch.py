@@ -34,6 +34,7 @@ class RayServers:
         addresses: One endpoint per server, in launch order (stable across calls).
         node_ids: The Ray node each server runs on, in the same order.
         pids: The worker process of each server, in the same order.
+        container_ids: The Docker container of each sandboxed server ("" when not sandboxed).
         actors: The Ray actor handles, in the same order.
     """
 
@@ -48,6 +49,7 @@ class RayServers:
         self.addresses: tuple[str, ...] = tuple(info["address"] for info in infos)
         self.node_ids: tuple[str, ...] = tuple(info["node_id"] for info in infos)
         self.pids: tuple[int, ...] = tuple(info["pid"] for info in infos)
+        self.container_ids: tuple[str, ...] = tuple(info["container_id"] for info in infos)
         self._finalizer = weakref.finalize(self, _stop_all, list(actors), group, owns_ray)
 
     @property

@@ -227,6 +227,33 @@ def _pids_serving(addresses: list[str]) -> list[int]:
     return pids
 
 
+@pytest.mark.sandbox
+def test_sandboxed_servers_equal_local_lanes_and_leave_no_container() -> None:
+    from needs import require_docker
+
+    require_docker()
+    import docker
+
+    options = {"rlmesh_package": "local", "base_image": os.environ.get("RLMESH_SANDBOX_BASE_IMAGE")}
+    # The first launch may build the sandbox image (minutes on a small machine).
+    with launch_servers(
+        "CartPole-v1", num_servers=1, num_envs=2, sandbox=True, launch_timeout_seconds=900, **options
+    ) as servers:
+        (container,) = servers.container_ids
+        assert container and servers.addresses[0].startswith("tcp://127.0.0.1:")
+        local = gym.make_vec("CartPole-v1", num_envs=2, vectorization_mode="sync")
+        with rn.RemoteVectorEnv(list(servers.addresses)) as remote:
+            assert_cartpole_vectors_equal(remote, local, seed=4, steps=60)
+        with rn.RemoteVectorEnv(list(servers.addresses)) as again:  # a second client gets its own session
+            again.reset(seed=0)
+        local.close()
+    engine = docker.from_env()
+    try:
+        assert not engine.containers.list(all=True, filters={"id": container})
+    finally:
+        engine.close()
+
+
 def test_no_ray_on_the_host_network() -> None:
     assert os.environ["RLMESH_LOOPBACK_NAMESPACE"] == "1"
     assert_only_loopback_listeners()
