@@ -20,6 +20,7 @@ class ServerActor:
         vectorization_mode: str,
         env_kwargs: dict[str, Any],
         sandbox_kwargs: dict[str, Any] | None,
+        options: Any = None,
     ) -> dict[str, Any]:
         """Build the env, bind an endpoint on this node with port 0, and describe it.
 
@@ -35,12 +36,12 @@ class ServerActor:
             from rlmesh.sources import env_factory
 
             factory = env_factory(source, num_envs=num_envs, vectorization_mode=vectorization_mode, kwargs=env_kwargs)
-            self._server = EnvServer(factory, f"tcp://{host}:0").start()
+            self._server = EnvServer(factory, f"tcp://{host}:0", options=options).start()
         else:
             from rlmesh.integrations.ray.relay import FrameRelay
 
             self._sandbox = _open_sandbox(source, num_envs, vectorization_mode, env_kwargs, sandbox_kwargs)
-            self._server = FrameRelay(f"tcp://{host}:0", self._sandbox.address).start()
+            self._server = FrameRelay(f"tcp://{host}:0", self._sandbox.address, options=options).start()
         return {
             "address": self._server.address,
             "node_id": ray.get_runtime_context().get_node_id(),

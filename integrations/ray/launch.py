@@ -15,6 +15,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from rlmesh.integrations.ray._actor import ServerActor
 
 from rlmesh.errors import RemoteEnvError
+from rlmesh.server import ServeOptions
 from rlmesh.sources import VECTORIZATION_MODES
 
 # Ray placement-group strategies by the name launch_servers accepts.
@@ -87,6 +88,7 @@ def launch_servers(
     ray_address: str | None = None,
     sandbox: bool = False,
     launch_timeout_seconds: float = 120.0,
+    serve_options: ServeOptions | None = None,
     **sandbox_kwargs: Any,
 ) -> RayServers:
     """Start ``num_servers`` env servers as Ray actors and return their addresses.
@@ -113,6 +115,11 @@ def launch_servers(
             (``rlmesh.SandboxVectorEnv``, or ``SandboxEnv`` when ``num_envs`` is None); the actor
             relays the sandbox's endpoint on the node's address.
         launch_timeout_seconds: Give up when the cluster cannot place or start the servers in time.
+        serve_options: How each server serves (:class:`~rlmesh.ServeOptions`). A node address
+            other than loopback needs CURVE keys here (``curve_secret_key``, a path that must
+            exist on every node, and ``curve_authorized_keys``, a directory there or a list of
+            client public keys) or ``allow_insecure=True``; sandboxed servers use only these
+            security settings.
         **sandbox_kwargs: Sandbox options (``packages``, ``base_image``, ``rlmesh_package``, ...).
 
     Returns:
@@ -129,6 +136,8 @@ def launch_servers(
     """
     lanes = _lanes_per_server(num_envs, num_servers)
     _check_arguments(source, num_servers, vectorization_mode, num_cpus_per_server, placement)
+    if serve_options is not None and not isinstance(serve_options, ServeOptions):
+        raise TypeError(f"serve_options must be a rlmesh.ServeOptions, got {type(serve_options).__name__}")
     if sandbox_kwargs and not sandbox:
         raise TypeError(f"sandbox options {sorted(sandbox_kwargs)} need sandbox=True")
     kwargs = dict(env_kwargs or {})
@@ -149,7 +158,7 @@ def launch_servers(
             actors.append(remote_actor.options(**options).remote())
         sandbox_options = dict(sandbox_kwargs) if sandbox else None
         pending = [
-            actor.start.remote(source, count, vectorization_mode, kwargs, sandbox_options)
+            actor.start.remote(source, count, vectorization_mode, kwargs, sandbox_options, serve_options)
             for actor, count in zip(actors, lanes, strict=True)
         ]
         infos = _gather(pending, source, launch_timeout_seconds)

@@ -12,6 +12,8 @@ import threading
 
 import zmq
 
+from rlmesh.security import EndpointSecurity
+from rlmesh.server import ServeOptions
 from rlmesh.transport import configure, shared_context
 
 _POLL_MS = 100
@@ -23,17 +25,28 @@ class FrameRelay:
     Args:
         address: Where to bind (``tcp://host:0`` picks a port).
         upstream: The endpoint the frames go to (``ipc:///...`` or ``tcp://...``).
+        options: Only the security settings are used: CURVE keys for ``address``, or
+            ``allow_insecure`` for a non-loopback address without them (refused otherwise).
     """
 
-    def __init__(self, address: str, upstream: str) -> None:
+    def __init__(self, address: str, upstream: str, *, options: ServeOptions | None = None) -> None:
+        options = options or ServeOptions()
         self.upstream = upstream
+        self._security = EndpointSecurity.for_endpoint(
+            address,
+            curve_secret_key=options.curve_secret_key,
+            curve_authorized_keys=options.curve_authorized_keys,
+            allow_insecure=options.allow_insecure,
+        )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._front = configure(shared_context().socket(zmq.ROUTER))
+        self._security.apply(self._front)
         try:
             self._front.bind(address)
         except zmq.ZMQError as error:
             self._front.close()
+            self._security.close()
             raise OSError(f"cannot bind {address}: {error}") from None
         self.address: str = self._front.getsockopt_string(zmq.LAST_ENDPOINT)
 
@@ -50,6 +63,7 @@ class FrameRelay:
             self._thread.join()
         elif not self._front.closed:
             self._front.close(linger=0)
+        self._security.close()
 
     def _loop(self) -> None:
         poller = zmq.Poller()

@@ -100,6 +100,25 @@ def test_module_callable_source_with_kwargs() -> None:
         np.testing.assert_array_equal(reward[~terminated], 0.0)
 
 
+def test_curve_keys_authenticate_clients_of_ray_hosted_servers(tmp_path: Path) -> None:
+    from rlmesh import ServeOptions
+    from rlmesh.security import generate_keypair
+
+    server_public, server_secret = generate_keypair(tmp_path / "keys", "server")
+    _, alice_secret = generate_keypair(tmp_path / "keys" / "clients", "alice")
+    options = ServeOptions(curve_secret_key=server_secret, curve_authorized_keys=tmp_path / "keys" / "clients")
+    with launch_servers("CartPole-v1", num_servers=2, num_envs=2, serve_options=options) as servers:
+        keys = {"curve_server_key": server_public, "curve_secret_key": alice_secret}
+        with rn.RemoteVectorEnv(list(servers.addresses), **keys) as env:
+            assert env.num_envs == 4
+            env.reset(seed=0)
+            env.step(np.zeros(4, dtype=np.int64))
+        with pytest.raises(EndpointConnectionError, match="CURVE"):
+            rn.RemoteVectorEnv(servers.addresses[0], connect_timeout_seconds=5)
+        with rn.RemoteVectorEnv(servers.addresses[0], **keys) as env:  # still serving after the refusal
+            env.reset(seed=1)
+
+
 def test_killed_actor_makes_the_client_raise_naming_the_address() -> None:
     servers = launch_servers("CartPole-v1", num_servers=2, num_envs=2)
     with servers:
@@ -148,6 +167,7 @@ def test_unplaceable_servers_raise_a_timeout_naming_the_cluster() -> None:
         ({"num_servers": 1, "vectorization_mode": "fast"}, ValueError, "vectorization_mode 'fast'"),
         ({"num_servers": 1, "num_cpus_per_server": -1}, ValueError, "num_cpus_per_server must be >= 0"),
         ({"num_servers": 1, "packages": ["x"]}, TypeError, r"sandbox options \['packages'\] need sandbox=True"),
+        ({"num_servers": 1, "serve_options": {"allow_insecure": True}}, TypeError, "serve_options must be a rlmesh"),
     ],
 )
 def test_bad_arguments_name_the_value(arguments: dict, error: type, message: str) -> None:
