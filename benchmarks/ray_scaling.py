@@ -11,7 +11,8 @@ The point (issue target): Ray adds no per-step cost, Ray-hosted within 10% of lo
 Ray runs only inside a loopback-only network namespace: run outside one, this script re-runs
 itself inside one (``rlmesh.integrations.ray.namespace``), or stops with the reason.
 
-Usage: python benchmarks/ray_scaling.py [--counts 1 2 4] [--lanes 8] [--steps 2000] [--rounds 3]
+Usage (from the repository root):
+``python -m benchmarks.ray_scaling [--counts 1 2 4] [--lanes 8] [--steps 2000] [--rounds 3]``
 """
 
 from __future__ import annotations
@@ -21,14 +22,11 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-import harness
-
 import rlmesh.numpy as rn
+from benchmarks import harness
 from rlmesh.launch import launch_server
 
 
@@ -78,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if problem is not None:
             print(f"ray_scaling: Ray runs only in a loopback-only network namespace: {problem}", file=sys.stderr)
             return 2
-        return namespace.run_in_namespace([sys.executable, __file__, *sys.argv[1:]]).returncode
+        return namespace.run_in_namespace([sys.executable, "-m", "benchmarks.ray_scaling", *sys.argv[1:]]).returncode
 
     import ray
 
@@ -121,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = harness.write_json(
         "ray_scaling",
         {
-            "command": "python benchmarks/ray_scaling.py " + " ".join(sys.argv[1:]),
+            "command": "python -m benchmarks.ray_scaling " + " ".join(sys.argv[1:]),
             "ray_start_seconds": ray_start,
             "steps": args.steps,
             "rounds": args.rounds,

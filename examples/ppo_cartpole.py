@@ -6,6 +6,8 @@ for one process's lanes runs while the other process steps (the fastest remote s
 Other env backends, with everything else equal:
 
 * ``--servers K`` splits the lanes over K server processes (``--servers 1`` for one),
+* ``--ray K`` splits the lanes over K servers hosted as Ray actors (``rlmesh[ray]``; a private
+  local Ray, or the cluster at ``$RAY_ADDRESS``),
 * ``--no-double-buffer`` steps every lane together, waiting for all endpoints each step,
 * ``--address tcp://host:port[,tcp://...]`` uses already running rlmesh endpoints,
 * ``--sandbox`` serves the env from a :class:`rlmesh.jax.SandboxVectorEnv`,
@@ -53,7 +55,7 @@ from rlmesh.integrations.ppo import (
 from tqdm import tqdm
 
 import rlmesh.jax
-from rlmesh.launch import launch_server
+from rlmesh.launch import launch_server, split_lanes
 
 
 def arg(default: Any, help: str) -> Any:
@@ -79,6 +81,7 @@ class Args:
         "Drive the endpoints as two lane groups: one group's policy runs while the other steps "
         "(needs two or more endpoints; with one, every lane steps together).",
     )
+    ray: int = arg(0, "Split the lanes over this many Ray-hosted servers instead of --servers processes (0: no Ray).")
     address: str = arg("", "Train against already running rlmesh endpoints (comma-separated addresses).")
     sandbox: bool = arg(False, "Serve the env from a rlmesh.jax.SandboxVectorEnv.")
     local: bool = arg(False, "Step an in-process gymnasium.make_vec env instead of a remote one.")
@@ -126,12 +129,16 @@ def parse_args(argv: list[str] | None = None) -> Args:
     args = Args(**vars(parser.parse_args(argv)))
     if args.servers < 1:
         parser.error(f"--servers must be at least 1, got {args.servers}")
+    if args.ray < 0 or args.ray > args.num_envs:
+        parser.error(f"--ray {args.ray} must be between 0 and --num-envs {args.num_envs}")
     if args.servers > args.num_envs:
         parser.error(f"--servers {args.servers} is more than --num-envs {args.num_envs}; give each server a lane")
     return args
 
 
 def _mode(args: Args) -> str:
+    if args.ray and not (args.local or args.sandbox or args.address):
+        return "ray"
     return "local" if args.local else "sandbox" if args.sandbox else "address" if args.address else "embedded"
 
 
@@ -153,6 +160,11 @@ def open_envs(args: Args) -> Iterator[list[Any]]:
     with contextlib.ExitStack() as stack:
         if args.address:
             addresses = [a.strip() for a in args.address.split(",") if a.strip()]
+        elif args.ray:
+            from rlmesh.integrations.ray import launch_servers
+
+            servers = launch_servers(args.env_id, num_servers=args.ray, num_envs=split_lanes(args.num_envs, args.ray))
+            addresses = list(stack.enter_context(servers).addresses)
         else:
             server = launch_server(args.env_id, num_envs=args.num_envs, servers=args.servers)
             addresses = stack.enter_context(server).addresses
@@ -326,7 +338,7 @@ def train(args: Args) -> dict[str, Any]:
     (out_dir / "params.msgpack").write_bytes(flax.serialization.to_bytes(state.params))
     summary = {
         "mode": _mode(args) + ("+jit-rollout" if args.jit_rollout else ""),
-        "servers": None if args.local or args.sandbox or args.address else args.servers,
+        "servers": None if args.local or args.sandbox or args.address else args.ray or args.servers,
         "double_buffer": len(envs) == 2,
         "num_envs": args.num_envs,
         "seed": args.seed,

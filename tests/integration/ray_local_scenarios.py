@@ -7,6 +7,7 @@ one Ray started by the module fixture.
 from __future__ import annotations
 
 import gc
+import json
 import os
 import signal
 import subprocess
@@ -272,6 +273,19 @@ def test_sandboxed_servers_equal_local_lanes_and_leave_no_container() -> None:
         assert not engine.containers.list(all=True, filters={"id": container})
     finally:
         engine.close()
+
+
+@pytest.mark.slow
+def test_ppo_example_trains_through_ray_hosted_servers(tmp_path: Path) -> None:
+    pytest.importorskip("flax", reason="the PPO example needs the rlmesh[flax] extra")
+    out = tmp_path / "run"
+    command = [sys.executable, str(REPO_ROOT / "examples" / "ppo_cartpole.py"), "--ray", "2", "--total-steps", "1024"]
+    command += ["--num-envs", "4", "--num-steps", "32", "--eval-episodes", "2", "--no-progress", "--out-dir", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=400, check=False)
+    assert done.returncode == 0, done.stderr[-4000:]
+    summary = json.loads((out / "metrics.json").read_text())["summary"]
+    assert summary["mode"] == "ray" and summary["servers"] == 2 and summary["double_buffer"]
+    assert summary["env_steps"] == 1024 and len(summary["final_eval_returns"]) == 2
 
 
 def test_no_ray_on_the_host_network() -> None:
