@@ -58,6 +58,7 @@ DIR_PREFIX = "rlmesh-sandbox-"
 UNUSED_ID_START = 1_900_000_000
 LOG_LINES = 50
 REMOVAL_WAIT_SECONDS = 30.0
+CONTAINER_POLL_SECONDS = 0.5
 
 
 class SandboxStartupError(SandboxError):
@@ -271,6 +272,7 @@ def start_container(
             f"ipc://{MOUNT}/{SOCKET_NAME}",
             "--ready-file",
             f"{MOUNT}/{READY_NAME}",
+            "--debug",  # a failing env factory's traceback goes to the container log
             *serve_args[1:],
         ]
         labels = {**owner_labels(), LABEL_DIR: socket_dir, LABEL_SOURCE: source[:200]}
@@ -300,27 +302,25 @@ def start_container(
 
 
 def _wait_ready(client: Any, container: Any, socket_dir: str, source: str, timeout: float) -> None:
-    ready = Path(socket_dir) / READY_NAME
-    deadline = time.monotonic() + timeout
+    from rlmesh.launch import wait_for_ready_file
+
     next_check = 0.0
-    while True:
-        if ready.is_file() and ready.read_text().strip():
-            return
+
+    def exited() -> str | None:
+        nonlocal next_check
         now = time.monotonic()
-        if now >= next_check:
-            container.reload()
-            if container.status in ("exited", "dead"):
-                code = container.attrs.get("State", {}).get("ExitCode")
-                logs = container_logs(client, container.id)
-                raise SandboxStartupError(
-                    f"sandbox container for {source!r} exited with status {code} before the "
-                    f"server was ready; last {LOG_LINES} log lines:\n{logs}"
-                )
-            next_check = now + 0.5
-        if now >= deadline:
-            logs = container_logs(client, container.id)
-            raise SandboxStartupError(
-                f"sandbox server for {source!r} was not ready within {timeout:g} s "
-                f"(connect_timeout_seconds); last {LOG_LINES} log lines:\n{logs}"
-            )
-        time.sleep(0.05)
+        if now < next_check:
+            return None
+        next_check = now + CONTAINER_POLL_SECONDS
+        container.reload()
+        if container.status in ("exited", "dead"):
+            return f"its container exited with status {container.attrs.get('State', {}).get('ExitCode')}"
+        return None
+
+    what = f"the sandbox server for {source!r}"
+    try:
+        wait_for_ready_file(Path(socket_dir) / READY_NAME, timeout=timeout, failed=exited, what=what)
+    except (RuntimeError, TimeoutError) as exc:
+        hint = " (connect_timeout_seconds)" if isinstance(exc, TimeoutError) else ""
+        logs = container_logs(client, container.id)
+        raise SandboxStartupError(f"{exc}{hint}; last {LOG_LINES} log lines:\n{logs}") from None

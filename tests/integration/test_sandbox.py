@@ -352,6 +352,17 @@ def test_crashing_factory_reports_its_traceback(tmp_path: Path, sandbox_image: s
     assert "crashing_env_factory.py" in message
 
 
+def test_server_not_ready_in_time_reports_and_removes_the_container(tmp_path: Path, sandbox_image: str) -> None:
+    module = tmp_path / "slow_env_factory.py"
+    module.write_text(
+        "import time\n\n\ndef make_env():\n    print('factory started', flush=True)\n    time.sleep(600)\n"
+    )
+    opts = {**OPTS, "connect_timeout_seconds": 5.0}
+    with pytest.raises(SandboxStartupError, match=r"not ready within 5s \(connect_timeout_seconds\)") as info:
+        SandboxEnv(f"py://{module}:make_env", **opts)
+    assert "factory started" in str(info.value)  # the container's own log lines are included
+
+
 def test_local_py_source_serves(tmp_path: Path, sandbox_image: str) -> None:
     module = tmp_path / "my_sandbox_env.py"
     module.write_text(
