@@ -11,6 +11,7 @@ Ctrl-C remove the container and its socket directory.
 from __future__ import annotations
 
 import json
+import re
 import weakref
 from collections.abc import Mapping
 from typing import Any, ClassVar, Generic, Self, TypeVar
@@ -249,7 +250,8 @@ class SandboxVectorEnvBase(_SandboxSession[ObsT, ActT]):
         Subclasses set ``client_class`` to a remote vector client (``rlmesh.numpy.RemoteVectorEnv``).
 
         Args:
-            source: As for ``SandboxEnvBase``.
+            source: Gymnasium id, ``gym://`` id, pinned ``hf://org/repo@<sha>:suite/task``, or
+            ``py://module:callable`` for local code.
             num_envs: Number of environment instances (at least 2).
             vectorization_mode: ``"sync"`` or ``"async"`` vectorization inside the sandbox.
     {keywords}
@@ -303,6 +305,12 @@ class SandboxVectorEnvBase(_SandboxSession[ObsT, ActT]):
         return self.client.single_action_space
 
 
-for _cls in (SandboxEnvBase, SandboxVectorEnvBase):
-    _cls.__doc__ = (_cls.__doc__ or "").replace("{keywords}", SandboxSettings.docs())
-del _cls
+def _with_keywords(doc: str) -> str:
+    """``doc`` with its ``{keywords}`` line replaced by the sandbox keywords' Args entries."""
+    args = re.search(r"^( *)Args:$", doc, re.MULTILINE)
+    indent = (args[1] if args else "") + "    "
+    return re.sub(r"^ *\{keywords\}$", lambda _: SandboxSettings.docs(indent), doc, flags=re.MULTILINE)
+
+
+SandboxEnvBase.__doc__ = _with_keywords(SandboxEnvBase.__doc__ or "")
+SandboxVectorEnvBase.__doc__ = _with_keywords(SandboxVectorEnvBase.__doc__ or "")

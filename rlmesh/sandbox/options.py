@@ -188,7 +188,9 @@ class SandboxSettings:
     def docs(cls, indent: str = "        ") -> str:
         """``Args:`` lines documenting every sandbox keyword."""
         return "\n".join(
-            textwrap.fill(f"{f.name}: {f.metadata['doc']}", 92, initial_indent=indent, subsequent_indent=indent * 2)
+            textwrap.fill(
+                f"{f.name}: {f.metadata['doc']}", 92, initial_indent=indent, subsequent_indent=indent + "    "
+            )
             for f in dataclasses.fields(cls)
         )
 

@@ -226,9 +226,10 @@ def test_backend_sandbox_classes_show_every_keyword(module: object) -> None:
     expected = ["self", "source", "num_envs", "vectorization_mode", *keywords, "env_make_kwargs"]
     assert list(vector.parameters) == expected
     assert single.parameters["connect_timeout_seconds"].default == 60.0
-    for base in (SandboxEnvBase, SandboxVectorEnvBase):
-        for name in keywords:
-            assert f"{name}: " in (base.__doc__ or "")
+    for cls in (SandboxEnvBase, SandboxVectorEnvBase, module.SandboxEnv, module.SandboxVectorEnv):  # type: ignore[attr-defined]
+        doc = inspect.cleandoc(cls.__doc__ or "")
+        for name in ["source", *keywords]:
+            assert f"\n    {name}: " in doc, (cls, name)  # an Args entry, indented like the others
 
 
 def test_sandbox_options_exported_publicly() -> None:
