@@ -130,7 +130,9 @@ def curve_cost(iterations: int, block: int = 50) -> list[dict[str, object]]:
     """Step latency with and without CURVE, both servers up at once and stepped in alternating blocks.
 
     Interleaving small blocks puts both under the same machine load, which matters more here
-    than on a quiet machine: the difference is a few microseconds per step.
+    than on a quiet machine: the difference is a few microseconds per step. Clients do not
+    busy-poll here, so the client's CPU time per step is its own work (encode, encrypt,
+    decrypt, decode), which machine load disturbs far less than wall time.
     """
     rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory() as keys:
@@ -142,10 +144,11 @@ def curve_cost(iterations: int, block: int = 50) -> list[dict[str, object]]:
             with (
                 harness.rlmesh_server(*source, pythonpath=[BENCH_DIR]) as plain_address,
                 harness.rlmesh_server(*source, *server_args, pythonpath=[BENCH_DIR]) as curve_address,
-                rn.RemoteEnv(plain_address) as plain_env,
-                rn.RemoteEnv(curve_address, **client_keys) as curve_env,  # type: ignore[arg-type]
+                rn.RemoteEnv(plain_address, busy_poll_seconds=0.0) as plain_env,
+                rn.RemoteEnv(curve_address, busy_poll_seconds=0.0, **client_keys) as curve_env,  # type: ignore[arg-type]
             ):
                 samples: dict[str, list[float]] = {"plain": [], "curve": []}
+                cpu_ns = {"plain": 0, "curve": 0}
                 envs = {"plain": plain_env, "curve": curve_env}
                 for env in envs.values():
                     env.reset(seed=0)
@@ -153,8 +156,12 @@ def curve_cost(iterations: int, block: int = 50) -> list[dict[str, object]]:
                 for index in range(max(1, iterations // block)):
                     order = ("plain", "curve") if index % 2 == 0 else ("curve", "plain")
                     for mode in order:
+                        cpu = time.process_time_ns()
                         _step_block(envs[mode], block, samples[mode])
+                        cpu_ns[mode] += time.process_time_ns() - cpu
             plain, curve = harness.summarize(samples["plain"]), harness.summarize(samples["curve"])
+            plain["client_cpu_us"] = cpu_ns["plain"] / 1000 / len(samples["plain"])
+            curve["client_cpu_us"] = cpu_ns["curve"] / 1000 / len(samples["curve"])
             rows.append(
                 {
                     "env": label,
@@ -162,6 +169,8 @@ def curve_cost(iterations: int, block: int = 50) -> list[dict[str, object]]:
                     "curve_median_us": curve["median_us"],
                     "curve_added_us": curve["median_us"] - plain["median_us"],
                     "x_plain": curve["median_us"] / plain["median_us"],
+                    "plain_client_cpu_us": plain["client_cpu_us"],
+                    "curve_client_cpu_us": curve["client_cpu_us"],
                     "plain": plain,
                     "curve": curve,
                 }
@@ -169,7 +178,15 @@ def curve_cost(iterations: int, block: int = 50) -> list[dict[str, object]]:
     harness.print_table(
         f"CURVE cost: step round trip over tcp loopback ({iterations} steps each, alternating blocks of {block})",
         rows,
-        ["env", "plain_median_us", "curve_median_us", "curve_added_us", "x_plain"],
+        [
+            "env",
+            "plain_median_us",
+            "curve_median_us",
+            "curve_added_us",
+            "x_plain",
+            "plain_client_cpu_us",
+            "curve_client_cpu_us",
+        ],
     )
     return rows
 
