@@ -38,6 +38,36 @@ _CONNECTED = zmq.EVENT_HANDSHAKE_SUCCEEDED
 _DISCONNECTED = zmq.EVENT_DISCONNECTED
 
 
+class _LoadMonitor:
+    """Whether the machine has more runnable threads than cores, re-read at most every 100 ms."""
+
+    _INTERVAL_S = 0.1
+
+    def __init__(self) -> None:
+        self._cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        self._checked = -1.0
+        self._busy = False
+
+    def oversubscribed(self) -> bool:
+        now = time.monotonic()
+        if now - self._checked >= self._INTERVAL_S:
+            self._checked = now
+            self._busy = self._runnable() > self._cores
+        return self._busy
+
+    @staticmethod
+    def _runnable() -> float:
+        try:  # the fourth field of /proc/loadavg is "runnable/total" right now
+            with open("/proc/loadavg") as handle:
+                return float(handle.read().split()[3].split("/")[0])
+        except (OSError, IndexError, ValueError):
+            return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+
+
+# One reading of the machine, shared by this process's connections.
+_MACHINE_LOAD = _LoadMonitor()
+
+
 class Connection:
     """Request/reply over one DEALER socket, raising instead of hanging on a dead server.
 
@@ -275,11 +305,14 @@ class Connection:
         without the reply means the reply is slow (a slow env, a server in this process
         waiting for the GIL, more busy processes than cores): spinning then only burns CPU
         others need, so it pauses for a number of requests that doubles while spins miss.
+        Nor does it spin while more threads are runnable than there are cores.
         """
         if self.busy_poll_seconds <= 0:
             return
         if self._spin_skip:
             self._spin_skip -= 1
+            return
+        if _MACHINE_LOAD.oversubscribed():
             return
         socket, clock = self._socket, time.perf_counter
         end = clock() + self.busy_poll_seconds
