@@ -313,7 +313,8 @@ def test_process_isolation_ends_only_the_crashed_session(serve) -> None:
     from envs import make_exiting_env
 
     server = serve(make_exiting_env, isolation="process")
-    crasher, survivor = rn.RemoteEnv(server.address), rn.RemoteEnv(server.address)
+    # Each session's process starts on demand: allow for a slow start on a busy machine.
+    crasher, survivor = (rn.RemoteEnv(server.address, connect_timeout_seconds=120) for _ in range(2))
     crasher.reset(seed=0)
     survivor.reset(seed=0)
     pids = {crasher.step(0)[4]["pid"], survivor.step(0)[4]["pid"]}
@@ -325,7 +326,7 @@ def test_process_isolation_ends_only_the_crashed_session(serve) -> None:
     crasher.close()
     survivor.step(0)
     survivor.close()
-    with rn.RemoteEnv(server.address) as newcomer:  # the server still opens sessions
+    with rn.RemoteEnv(server.address, connect_timeout_seconds=120) as newcomer:  # still opens sessions
         newcomer.reset(seed=0)
         assert newcomer.step(0)[4]["pid"] not in pids
 
@@ -340,7 +341,7 @@ def test_process_isolation_needs_a_picklable_factory() -> None:
 def test_cli_serves_with_process_isolation(serve_process) -> None:
     server = serve_process("CartPole-v1", "--isolation", "process", "--max-sessions", "4")
     local = gym.make("CartPole-v1")
-    with rn.RemoteEnv(server.address) as remote:
+    with rn.RemoteEnv(server.address, connect_timeout_seconds=120) as remote:
         np.testing.assert_array_equal(remote.reset(seed=3)[0], local.reset(seed=3)[0])
         np.testing.assert_array_equal(remote.step(1)[0], local.step(1)[0])
     local.close()
