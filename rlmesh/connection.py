@@ -28,6 +28,8 @@ RECONNECT_GRACE_S = 2 * HEARTBEAT_TIMEOUT_MS / 1000
 
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 DEFAULT_BUSY_POLL_SECONDS = 0.001
+# How often a reply awaited over shared memory checks that the serving process still exists.
+_CHANNEL_CHECK_S = 1.0
 # After a spin that the reply did not end, skip spinning for this many requests (doubling
 # up to the maximum while spins keep missing): a server in this very process, or more busy
 # processes than cores, makes spinning a loss.
@@ -93,6 +95,7 @@ class Connection:
         self.shared_memory = shared_memory and ipc_path(endpoint) is not None and shm.enabled()
         self._channel: ClientChannel | None = None
         self._channel_request = 0  # the id of the request in flight over the channel
+        self._channel_frames: list[Any] | None = None  # and its frames, to resend if the server left
         self._spinner = Spinner(busy_poll_seconds)
         self.send_limits = limits  # narrowed to the server's limits by the handshake
         self.busy_poll_seconds = busy_poll_seconds
@@ -189,9 +192,12 @@ class Connection:
             self._next_id += 1
             frames = encode_message(op, request_id, payload, encode_leaf, self.send_limits)
             channel = self._channel
+            if channel is not None and channel.server_gone():
+                self._close_channel()  # the server ended the session: it answers on the socket
+                channel = None
             # CLOSE goes over the socket: the server drops the channel while answering it.
             if channel is not None and op != p.CLOSE and channel.send(frames):
-                self._channel_request = request_id
+                self._channel_request, self._channel_frames = request_id, frames
             else:
                 self._socket.send_multipart(frames, copy=len(frames) == 1)
             return request_id
@@ -245,6 +251,7 @@ class Connection:
         disconnects = self._disconnects
         deadline = None if timeout is None else time.monotonic() + timeout
         lost_at: float | None = None if self._connected or connecting else time.monotonic()
+        quiet = False
         while True:
             if channel is not None:
                 channel.reply_bell.drain()  # then check: a ring after this wakes the poll below
@@ -253,11 +260,21 @@ class Connection:
                     if result is not None:
                         return result
                     channel = None
+                elif channel.server_gone(check_process=quiet):
+                    # Never read: send it to the server's front, which answers (no session).
+                    frames, self._channel_frames = self._channel_frames, None
+                    self._close_channel()
+                    channel = None
+                    if frames is not None:
+                        self._socket.send_multipart(frames, copy=len(frames) == 1)
             now = time.monotonic()
             wait = [RECONNECT_GRACE_S if lost_at is None else max(0.0, lost_at + RECONNECT_GRACE_S - now)]
             if deadline is not None:
                 wait.append(max(0.0, deadline - now))
+            if channel is not None:
+                wait.append(_CHANNEL_CHECK_S)  # a server process that died never rings
             events = dict(self._poller.poll(min(wait) * 1000))
+            quiet = not events
             if self._socket in events:
                 first = self._socket.recv()
                 header, reply = receive_message(self._socket, first, decode_leaf, self.limits)

@@ -37,6 +37,7 @@ from rlmesh.shm.region import (
     REQUEST_SEQ,
     REQUEST_SLOT,
     SERVER_AWAKE,
+    SERVER_CLOSED,
     Layout,
     Region,
     align,
@@ -189,6 +190,13 @@ class ServerChannel(_Channel):
         """Tell the client whether a request would find this side awake (no wake-up to pay)."""
         self.words[SERVER_AWAKE] = int(awake)
 
+    def close(self) -> None:
+        """Tell the client this end is closed (a request it writes now is never read), then close."""
+        if not self.closed:
+            self.words[SERVER_CLOSED] = 1
+            self.reply_bell.ring()
+        super().close()
+
     def receive(self, limits: Limits = DEFAULT_LIMITS) -> tuple[Header, Any]:
         """Read the pending request, copying its tensors out.
 
@@ -319,6 +327,13 @@ class ClientChannel(_Channel):
         """Whether the reply to the last request written has arrived."""
         return self.words[REPLY_SEQ] >= self.sent
 
+    def server_gone(self, check_process: bool = False) -> bool:
+        """Whether the server closed its end; with ``check_process``, also whether it died.
+
+        A request written but not answered by then was never read: resend it elsewhere.
+        """
+        return bool(self.words[SERVER_CLOSED]) or (check_process and not self.region.creator_alive())
+
     def wait(self, spinner: Spinner) -> bool:
         """Spin for the reply within ``spinner``'s budget; whether it arrived."""
         return spinner.spin(self.words, REPLY_SEQ, self.sent)
@@ -336,7 +351,7 @@ class ClientChannel(_Channel):
         if header_bytes == 0:
             return None
         slot = words[REPLY_SLOT]
-        if header_bytes > layout.header_bytes or slot >= layout.slot_count:
+        if header_bytes > min(layout.header_bytes, limits.max_message_bytes) or slot >= layout.slot_count:
             raise ProtocolError(f"malformed shared-memory reply (header {header_bytes} bytes, slot {slot})")
         offset = layout.header_offset
         header = parse_header(bytes(self.view[offset : offset + header_bytes]), limits)

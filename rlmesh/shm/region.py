@@ -16,6 +16,7 @@ Layout (all offsets 64-byte aligned)::
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import mmap
 import os
@@ -37,7 +38,10 @@ REPLY_SEQ = 16  # server line (byte 128): sequence of the last reply written
 REPLY_HEADER_BYTES = 17
 REPLY_SLOT = 18
 SERVER_AWAKE = 19  # 1 while the server is not asleep in poll: a request needs no wake-up
+SERVER_CLOSED = 20  # 1 once the server closed its end: the session is over
 CONTROL_BYTES = PAGE
+# Bounds a handshake offer must respect: a peer cannot make the other map or copy more.
+MAX_AREA_BYTES = 1 << 31
 
 
 def align(value: int, to: int = ALIGNMENT) -> int:
@@ -64,8 +68,8 @@ class Layout:
     def __post_init__(self) -> None:
         for name in ("request_bytes", "header_bytes", "slot_bytes"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0 or value % PAGE:
-                raise ValueError(f"{name} must be a positive multiple of {PAGE}, got {value!r}")
+            if not isinstance(value, int) or not 0 < value <= MAX_AREA_BYTES or value % PAGE:
+                raise ValueError(f"{name} must be a positive multiple of {PAGE} up to {MAX_AREA_BYTES}, got {value!r}")
         if not isinstance(self.slot_count, int) or not 1 <= self.slot_count <= 64:
             raise ValueError(f"slot_count must be an int in 1..64, got {self.slot_count!r}")
 
@@ -115,12 +119,15 @@ class Region:
     """A mapped region file.
 
     Create one with :meth:`create` (server) or :meth:`open` (client). ``words`` is a uint64
-    view of the control page; ``view`` a byte view of the whole region.
+    view of the control page; ``view`` a byte view of the whole region. The creator holds a
+    shared ``flock`` on the file for as long as it keeps the region, so the other side can
+    tell (:meth:`creator_alive`) whether it still exists, even if it was killed.
     """
 
-    def __init__(self, path: str, layout: Layout, file: mmap.mmap) -> None:
+    def __init__(self, path: str, layout: Layout, file: mmap.mmap, fd: int) -> None:
         self.path = path
         self.layout = layout
+        self.fd = fd
         self.mmap = file
         self.view = memoryview(file)
         self.words = self.view[:CONTROL_BYTES].cast("Q")
@@ -137,12 +144,12 @@ class Region:
         try:
             os.ftruncate(fd, layout.size)
             file = mmap.mmap(fd, layout.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            fcntl.flock(fd, fcntl.LOCK_SH)
         except BaseException:
             os.close(fd)
             _unlink(path)
             raise
-        os.close(fd)
-        region = cls(path, layout, file)
+        region = cls(path, layout, file, fd)
         _GEOMETRY.pack_into(region.view, 0, MAGIC, *layout.to_list())
         return region
 
@@ -160,9 +167,10 @@ class Region:
             if size != layout.size:
                 raise ValueError(f"region {path} holds {size} bytes, expected {layout.size}")
             file = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        finally:
+        except BaseException:
             os.close(fd)
-        region = cls(path, layout, file)
+            raise
+        region = cls(path, layout, file, fd)
         magic, *geometry = _GEOMETRY.unpack_from(region.view, 0)
         if magic != MAGIC or geometry != layout.to_list():
             region.close()
@@ -177,8 +185,20 @@ class Region:
         """Remove the file (the mapping stays valid). Idempotent."""
         _unlink(self.path)
 
+    def creator_alive(self) -> bool:
+        """Whether the side that created the region still holds it (its shared lock)."""
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        return False
+
     def close(self) -> None:
         """Unmap, unless decoded arrays still view the region (it is unmapped when they die)."""
+        if self.fd >= 0:
+            os.close(self.fd)  # releases the creator's lock
+            self.fd = -1
         for resource in (self.words, self.view, self.mmap):
             try:
                 resource.close() if isinstance(resource, mmap.mmap) else resource.release()

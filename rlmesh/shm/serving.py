@@ -26,7 +26,7 @@ log = logging.getLogger("rlmesh.server")
 SPIN_SECONDS = 0.0005
 # How often a busy fast-path session tells the server front it is alive (its requests
 # bypass the front, which would otherwise count it idle).
-ACTIVITY_INTERVAL_S = 1.0
+ACTIVITY_INTERVAL_S = 0.25
 
 
 class SessionFastPath:

@@ -60,6 +60,39 @@ def test_process_isolated_sessions_use_shared_memory_too(serve, tmp_path: Path) 
     assert listing(tmp_path) == []
 
 
+def test_a_busy_fast_path_session_is_not_idle(serve, tmp_path: Path) -> None:
+    # Its requests bypass the server's front, which must still see the session as active.
+    server = serve(CountingEnv, f"unix://{tmp_path}/env.sock", idle_timeout_seconds=1.5)
+    with rn.RemoteEnv(server.address) as env:
+        assert connection_of(env).uses_shared_memory
+        env.reset(seed=0)
+        deadline, t = time.monotonic() + 2.5, 0
+        while time.monotonic() < deadline:
+            t += 1
+            assert env.step(0)[0][0, 0] == t
+            time.sleep(0.01)
+        time.sleep(3.0)  # now idle: the session is closed
+        with pytest.raises(ConnectionError, match="no session"):
+            env.step(0)
+
+
+def test_a_crashed_session_process_is_noticed(serve, tmp_path: Path) -> None:
+    server = serve(CountingEnv, f"unix://{tmp_path}/env.sock", isolation="process")
+    with rn.RemoteEnv(server.address) as env:
+        assert connection_of(env).uses_shared_memory
+        env.reset(seed=0)
+        env.step(0)
+        (session,) = server._sessions.values()
+        session.process.kill()  # dies without closing its end of the channel
+        session.process.join(10)
+        started = time.monotonic()
+        with pytest.raises(ConnectionError):
+            env.step(0)
+        assert time.monotonic() - started < RECONNECT_GRACE_S
+    with rn.RemoteEnv(server.address) as other:  # the server goes on
+        assert other.step(1)[0][0, 0] == 1.0
+
+
 def test_tcp_sessions_and_both_opt_outs_stay_on_zeromq(serve, tmp_path: Path) -> None:
     with rn.RemoteEnv(serve(CountingEnv).address) as env:
         assert not connection_of(env).uses_shared_memory

@@ -13,7 +13,7 @@ import pytest
 from rlmesh.codec import encode_message
 from rlmesh.errors import ProtocolError
 from rlmesh.shm import ClientChannel, Doorbell, Layout, Region, ServerChannel, Spinner, remove_stale, space_bytes
-from rlmesh.shm.region import REQUEST_HEADER_BYTES, REQUEST_SEQ
+from rlmesh.shm.region import REPLY_HEADER_BYTES, REQUEST_HEADER_BYTES, REQUEST_SEQ
 from rlmesh.specs import BoxSpec, DictSpec, DiscreteSpec, TextSpec, TupleSpec
 from rlmesh.tensor import Tensor
 
@@ -153,6 +153,16 @@ def test_bad_offers_are_refused(socket_path: str, offer: object, message: str) -
         ClientChannel.attach(socket_path, offer)
 
 
+def test_a_reply_header_over_the_limits_is_a_protocol_error(pair) -> None:
+    server, client = pair
+    assert client.send(encode_message("step", 1, 0))
+    server.receive()
+    server.reply(encode_message("ok", 1, None))
+    client.words[REPLY_HEADER_BYTES] = SMALL.header_bytes + 1  # as a hostile server could write
+    with pytest.raises(ProtocolError, match="malformed shared-memory reply"):
+        client.receive(None)
+
+
 def test_a_mismatched_layout_is_refused_and_the_files_are_removed(socket_path: str) -> None:
     server = ServerChannel.offer(socket_path, SMALL)
     offer = server.offer_payload()
@@ -186,6 +196,7 @@ def test_region_open_checks_the_magic(tmp_path: Path) -> None:
         ((100, 4096, 4096, 2), "request_bytes must be a positive multiple"),
         ((4096, 0, 4096, 2), "header_bytes must be a positive multiple"),
         ((4096, 4096, 4096, 0), "slot_count must be an int in 1..64"),
+        ((4096, 4096, 1 << 40, 2), "slot_bytes must be a positive multiple of 4096 up to"),
     ],
 )
 def test_layout_validates_its_sizes(values: tuple[int, ...], message: str) -> None:
