@@ -663,7 +663,8 @@ class EnvServer:
         if self._sessions.get(session.identity) is session:
             self._reply(session.identity, frames[1:], session)
             if session.closing and not session.in_flight:
-                del self._sessions[session.identity]  # closed: its slot is free again
+                # closed: its slot is free again (the reply may have ended it already)
+                self._sessions.pop(session.identity, None)
         self._flush_queue(session)
 
     @staticmethod
