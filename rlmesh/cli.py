@@ -8,10 +8,13 @@ import os
 import signal
 import sys
 import traceback
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rlmesh.codec import DEFAULT_MAX_MESSAGE_BYTES
 from rlmesh.sources import VECTORIZATION_MODES, env_factory, parse_kwargs
+
+if TYPE_CHECKING:
+    from rlmesh.server import ServeOptions
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,9 +135,28 @@ def keygen_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve_options(args: argparse.Namespace) -> ServeOptions:
+    """The :class:`~rlmesh.ServeOptions` that ``rlmesh serve``'s flags ask for."""
+    from rlmesh.server import ServeOptions
+
+    return ServeOptions(
+        allow_remote_shutdown=args.allow_remote_shutdown,
+        idle_timeout_seconds=args.idle_timeout,
+        busy_poll_seconds=args.busy_poll_us / 1e6,
+        isolation=args.isolation,
+        max_sessions=args.max_sessions,
+        max_message_bytes=args.max_message_bytes,
+        send_timeout_seconds=args.send_timeout,
+        curve_secret_key=args.curve_secret_key,
+        curve_authorized_keys=args.curve_authorized_keys,
+        allow_insecure=args.allow_insecure,
+        send_tracebacks={"auto": None, "yes": True, "no": False}[args.send_tracebacks],
+    )
+
+
 def serve_command(args: argparse.Namespace) -> int:
     """Run ``rlmesh serve``; returns the exit code."""
-    from rlmesh.server import EnvServer, ServeOptions
+    from rlmesh.server import EnvServer
 
     if args.ray:
         return ray_serve_command(args)
@@ -153,19 +175,7 @@ def serve_command(args: argparse.Namespace) -> int:
     factory = env_factory(
         args.source, num_envs=args.num_envs, vectorization_mode=args.vectorization_mode, kwargs=parse_kwargs(args.kwarg)
     )
-    options = ServeOptions(
-        allow_remote_shutdown=args.allow_remote_shutdown,
-        idle_timeout_seconds=args.idle_timeout,
-        busy_poll_seconds=args.busy_poll_us / 1e6,
-        isolation=args.isolation,
-        max_sessions=args.max_sessions,
-        max_message_bytes=args.max_message_bytes,
-        send_timeout_seconds=args.send_timeout,
-        curve_secret_key=args.curve_secret_key,
-        curve_authorized_keys=args.curve_authorized_keys,
-        allow_insecure=args.allow_insecure,
-        send_tracebacks={"auto": None, "yes": True, "no": False}[args.send_tracebacks],
-    )
+    options = serve_options(args)
     server = EnvServer(factory, args.address, options=options)
 
     def stop(signum: int, frame: Any) -> None:
@@ -201,6 +211,7 @@ def ray_serve_command(args: argparse.Namespace) -> int:
         env_kwargs=parse_kwargs(args.kwarg),
         num_cpus_per_server=args.cpus_per_server,
         ray_address=args.ray_address,
+        serve_options=serve_options(args),
     )
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stopped.set())

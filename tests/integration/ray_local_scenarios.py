@@ -215,24 +215,34 @@ def test_driver_exit_leaves_nothing(local_ray: str) -> None:
 
 
 def test_cli_serve_ray_prints_and_writes_addresses(local_ray: str, tmp_path: Path) -> None:
+    from rlmesh.security import generate_keypair
+
+    server_public, server_secret = generate_keypair(tmp_path / "keys", "server")
+    _, client_secret = generate_keypair(tmp_path / "keys" / "clients", "client")
     ready = tmp_path / "ready"
     command = [sys.executable, "-m", "rlmesh", "serve", "CartPole-v1", "--ray", "--servers", "2", "--num-envs", "5"]
     command += ["--ray-address", local_ray, "--ready-file", str(ready)]
+    command += ["--curve-secret-key", str(server_secret), "--curve-authorized-keys", str(tmp_path / "keys" / "clients")]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_until(lambda: ready.exists() or process.poll() is not None, 120, "the ready file")
         assert process.poll() is None, process.communicate()[1]
         addresses = ready.read_text().split()
         assert len(addresses) == 2
-        # The 5 lanes are split over the 2 servers, as for rlmesh serve --servers without Ray.
-        with rn.RemoteVectorEnv(addresses) as env:
+        # The 5 lanes are split over the 2 servers, as for rlmesh serve --servers without Ray,
+        # and the servers require the CURVE keys the flags name.
+        keys = {"curve_server_key": server_public, "curve_secret_key": client_secret}
+        with rn.RemoteVectorEnv(addresses, **keys) as env:
             assert env.num_envs == 5
             env.reset(seed=0)
+        with pytest.raises(EndpointConnectionError, match="CURVE"):
+            rn.RemoteVectorEnv(addresses[0], connect_timeout_seconds=5)
     finally:
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
-    assert out.strip().endswith(" ".join(addresses)) and "serving CartPole-v1 on 2 Ray servers (5 lanes in all)" in out
+    assert out.strip().endswith(" ".join(addresses))
+    assert "serving CartPole-v1 on 2 Ray servers (5 lanes in all)" in out
     assert all(not pid_alive(pid) for pid in _pids_serving(addresses))
 
 
