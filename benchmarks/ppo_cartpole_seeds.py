@@ -5,11 +5,12 @@ One training process at a time. For each (mode, seed) the example writes its own
 table ``results.md`` in ``--out-dir`` (default ``runs/ppo_cartpole_seeds/<timestamp>``), with
 the training env-steps/s of every mode side by side (same hyperparameters in every mode)::
 
-    python -m benchmarks.ppo_cartpole_seeds --modes local one-server two-servers embedded --seeds 1 2 3 4 5
+    python -m benchmarks.ppo_cartpole_seeds --modes local embedded two-servers double-buffer --seeds 1 2 3 4 5
 
-Modes: ``local`` (in-process ``make_vec``), ``one-server`` (every lane on one ``rlmesh
-serve``), ``two-servers`` (lanes over 2 servers, stepped together), ``embedded`` (the
-example's default: 2 servers, double-buffered), ``sandbox`` and ``jit-rollout``.
+Modes: ``local`` (in-process ``make_vec``), ``embedded`` (the example's default: every lane
+on one ``rlmesh serve``), ``two-servers`` (lanes over 2 servers, stepped together),
+``double-buffer`` (2 servers as two lane groups, one's policy computed while the other
+steps), ``sandbox`` and ``jit-rollout``.
 
 Arguments after ``--`` go to every example run (e.g. ``-- --total-steps 200000``).
 """
@@ -28,11 +29,11 @@ from typing import Any
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ppo_cartpole.py"
 MODE_FLAGS = {
     "local": ["--local"],
-    "one-server": ["--servers", "1"],
-    "two-servers": ["--servers", "2", "--no-double-buffer"],
     "embedded": [],
+    "two-servers": ["--servers", "2"],
+    "double-buffer": ["--servers", "2", "--double-buffer"],
     "sandbox": ["--sandbox"],
-    "jit-rollout": ["--jit-rollout", "--servers", "1"],
+    "jit-rollout": ["--jit-rollout"],
 }
 
 
@@ -108,7 +109,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 def main() -> None:
     """Parse flags, run every (mode, seed) sequentially, write results.json and results.md."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--modes", nargs="+", default=["local", "one-server", "embedded"], choices=sorted(MODE_FLAGS))
+    parser.add_argument("--modes", nargs="+", default=["local", "embedded"], choices=sorted(MODE_FLAGS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3, 4, 5])
     parser.add_argument("--out-dir", default="")
     parser.add_argument("extra", nargs="*", help="arguments passed to every example run")

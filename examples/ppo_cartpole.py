@@ -1,14 +1,15 @@
 """PPO on CartPole-v1 with a Flax actor-critic and Optax, stepping envs served by rlmesh.
 
-Run ``python examples/ppo_cartpole.py`` to serve 8 CartPole lanes from 2 background
-``rlmesh serve`` processes (4 lanes each) and train against them double-buffered: the policy
-for one process's lanes runs while the other process steps (the fastest remote setup).
-Other env backends, with everything else equal:
+Run ``python examples/ppo_cartpole.py`` to serve 8 CartPole lanes from a background
+``rlmesh serve`` process and train against it (the fastest remote setup for an env as cheap
+as CartPole on a small machine). Other env backends, with everything else equal:
 
-* ``--servers K`` splits the lanes over K server processes (``--servers 1`` for one),
+* ``--servers K`` splits the lanes over K server processes, stepped in parallel,
 * ``--ray K`` splits the lanes over K servers hosted as Ray actors (``rlmesh[ray]``; a private
   local Ray, or the cluster at ``$RAY_ADDRESS``),
-* ``--no-double-buffer`` steps every lane together, waiting for all endpoints each step,
+* ``--double-buffer`` (with two or more servers, Ray servers or addresses) drives them as two
+  lane groups and runs one group's policy while the other group steps; it pays off when an env
+  step costs more than a policy call,
 * ``--address tcp://host:port[,tcp://...]`` uses already running rlmesh endpoints,
 * ``--sandbox`` serves the env from a :class:`rlmesh.jax.SandboxVectorEnv`,
 * ``--local`` steps an in-process ``gymnasium.make_vec`` env (the comparison baseline),
@@ -75,11 +76,11 @@ class Args:
     progress: bool = arg(True, "Show a tqdm progress bar.")
 
     # --- env backend ---
-    servers: int = arg(2, "Server processes the embedded endpoint's lanes are split over.")
+    servers: int = arg(1, "Server processes the embedded endpoint's lanes are split over.")
     double_buffer: bool = arg(
-        True,
+        False,
         "Drive the endpoints as two lane groups: one group's policy runs while the other steps "
-        "(needs two or more endpoints; with one, every lane steps together).",
+        "(needs two or more servers, Ray servers or addresses).",
     )
     ray: int = arg(0, "Split the lanes over this many Ray-hosted servers instead of --servers processes (0: no Ray).")
     address: str = arg("", "Train against already running rlmesh endpoints (comma-separated addresses).")
@@ -133,6 +134,14 @@ def parse_args(argv: list[str] | None = None) -> Args:
         parser.error(f"--ray {args.ray} must be between 0 and --num-envs {args.num_envs}")
     if args.servers > args.num_envs:
         parser.error(f"--servers {args.servers} is more than --num-envs {args.num_envs}; give each server a lane")
+    if args.double_buffer and (args.local or args.sandbox or args.jit_rollout):
+        parser.error("--double-buffer drives two groups of rlmesh endpoints; drop --local, --sandbox or --jit-rollout")
+    endpoints = len([a for a in args.address.split(",") if a.strip()]) if args.address else args.ray or args.servers
+    if args.double_buffer and endpoints < 2:
+        parser.error(
+            f"--double-buffer needs two or more endpoints to split into two groups, got {endpoints}; "
+            "add --servers 2 (or more addresses)"
+        )
     return args
 
 
@@ -168,8 +177,8 @@ def open_envs(args: Args) -> Iterator[list[Any]]:
         else:
             server = launch_server(args.env_id, num_envs=args.num_envs, servers=args.servers)
             addresses = stack.enter_context(server).addresses
-        split = args.double_buffer and not args.jit_rollout and len(addresses) >= 2
-        groups = [addresses[: len(addresses) // 2], addresses[len(addresses) // 2 :]] if split else [addresses]
+        half = len(addresses) // 2
+        groups = [addresses[:half], addresses[half:]] if args.double_buffer else [addresses]
         yield [stack.enter_context(contextlib.closing(rlmesh.jax.RemoteVectorEnv(group))) for group in groups]
 
 

@@ -289,8 +289,9 @@ def test_sandboxed_servers_equal_local_lanes_and_leave_no_container() -> None:
 def test_ppo_example_trains_through_ray_hosted_servers(tmp_path: Path) -> None:
     pytest.importorskip("flax", reason="the PPO example needs the rlmesh[flax] extra")
     out = tmp_path / "run"
-    command = [sys.executable, str(REPO_ROOT / "examples" / "ppo_cartpole.py"), "--ray", "2", "--total-steps", "1024"]
-    command += ["--num-envs", "4", "--num-steps", "32", "--eval-episodes", "2", "--no-progress", "--out-dir", str(out)]
+    command = [sys.executable, str(REPO_ROOT / "examples" / "ppo_cartpole.py"), "--ray", "2", "--double-buffer"]
+    command += ["--total-steps", "1024", "--num-envs", "4", "--num-steps", "32", "--eval-episodes", "2"]
+    command += ["--no-progress", "--out-dir", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=400, check=False)
     assert done.returncode == 0, done.stderr[-4000:]
     summary = json.loads((out / "metrics.json").read_text())["summary"]

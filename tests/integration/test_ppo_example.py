@@ -62,11 +62,12 @@ def _check_outputs(out_dir: Path, num_envs: int) -> dict[str, Any]:
 
 @pytest.mark.slow
 def test_example_smoke_with_embedded_server(tmp_path: Path) -> None:
-    """No backend flag: the example starts ``rlmesh serve`` itself and trains against it."""
+    """No backend flag: the example starts ``rlmesh serve`` itself (here 2 servers, double-buffered)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, str(EXAMPLE), *TINY, "--out-dir", str(out)],
+    proc = subprocess.run([sys.executable, str(EXAMPLE), *TINY, "--servers", "2", "--double-buffer",
+                           "--out-dir", str(out)],
                           env=env, capture_output=True, text=True, timeout=240, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = _check_outputs(out, 4)
@@ -156,7 +157,10 @@ def test_ctrl_c_saves_what_it_has_and_exits_without_a_traceback(tmp_path: Path) 
     assert summary["interrupted"] and summary["env_steps"] > 0
 
 
-def test_bad_server_count_is_a_one_line_usage_error() -> None:
+@pytest.mark.parametrize("flags", [["--servers", "9", "--num-envs", "4"], ["--double-buffer"],
+                                   ["--double-buffer", "--servers", "2", "--local"]])
+def test_bad_backend_flags_are_usage_errors(flags: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     example = _load_example()
     with pytest.raises(SystemExit):
-        example.parse_args(["--servers", "9", "--num-envs", "4"])
+        example.parse_args(flags)
+    assert "error: --" in capsys.readouterr().err
