@@ -120,7 +120,7 @@ class EndpointGroup:
                 start += 1 if member.count is None else member.count
             self.contract = self._joined_contract(start) if joined else self.members[0].contract
         except BaseException:
-            self.close(send_close=False)
+            self.close()  # endpoints already joined get their session back at once
             raise
         # One vector endpoint: replies are already the batch, decoded straight to backend values.
         self.direct = len(self.members) == 1 and (not joined or self.members[0].count is not None)

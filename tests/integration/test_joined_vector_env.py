@@ -112,7 +112,8 @@ def test_plain_backend_joined_env_returns_tensors(serve) -> None:
 
 
 def test_differing_spaces_name_the_endpoint(serve) -> None:
-    first, other = serve("CartPole-v1").address, serve("MountainCar-v0").address
+    # The first endpoint serves one env object: one client at a time, so it must be free again.
+    first, other = serve(gym.make("CartPole-v1")).address, serve("MountainCar-v0").address
     with pytest.raises(ValueError, match=rf"endpoint {other} serves a different observation space than {first}"):
         rn.RemoteVectorEnv([first, other])
     with rn.RemoteVectorEnv([first]) as remote:  # the failed join left the first endpoint free
