@@ -32,8 +32,7 @@ import rlmesh.jax as rj
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO_ROOT / "examples" / "ppo_cartpole.py"
-TINY = ["--total-steps", "2048", "--num-envs", "4", "--num-steps", "64",
-        "--eval-episodes", "4", "--no-progress"]
+TINY = ["--total-steps", "2048", "--num-envs", "4", "--num-steps", "64", "--eval-episodes", "4", "--no-progress"]
 
 
 def _load_example() -> ModuleType:
@@ -66,21 +65,23 @@ def test_example_smoke_with_embedded_server(tmp_path: Path) -> None:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, str(EXAMPLE), *TINY, "--servers", "2", "--double-buffer",
-                           "--out-dir", str(out)],
-                          env=env, capture_output=True, text=True, timeout=240, check=False)
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLE), *TINY, "--servers", "2", "--double-buffer", "--out-dir", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = _check_outputs(out, 4)
     assert summary["mode"] == "embedded" and summary["servers"] == 2 and summary["double_buffer"]
 
 
 @pytest.mark.slow
-def test_example_address_jit_rollout_matches_python_loop(
-    tmp_path: Path, serve: Callable[..., Any]
-) -> None:
+def test_example_address_jit_rollout_matches_python_loop(tmp_path: Path, serve: Callable[..., Any]) -> None:
     """``--address`` with and without ``--jit-rollout`` trains identically for one seed."""
-    server = serve(lambda: gymnasium.make_vec("CartPole-v1", num_envs=4,
-                                              vectorization_mode="sync"))
+    server = serve(lambda: gymnasium.make_vec("CartPole-v1", num_envs=4, vectorization_mode="sync"))
     example = _load_example()
     summaries = {}
     for jit in (False, True):
@@ -98,8 +99,7 @@ def test_example_address_jit_rollout_matches_python_loop(
 def test_jit_rollout_transitions_equal_python_loop(serve: Callable[..., Any]) -> None:
     """Same seed and params: the lax.scan collector records the Python loop's transitions."""
     n, steps = 4, 96
-    server = serve(lambda: gymnasium.make_vec("CartPole-v1", num_envs=n,
-                                              vectorization_mode="sync"))
+    server = serve(lambda: gymnasium.make_vec("CartPole-v1", num_envs=n, vectorization_mode="sync"))
     model = ActorCritic(action_dim=2)
     apply_fn = lambda p, x: model.apply({"params": p}, x)
     params = model.init(jax.random.PRNGKey(0), jnp.zeros((n, 4)))["params"]
@@ -109,8 +109,7 @@ def test_jit_rollout_transitions_equal_python_loop(serve: Callable[..., Any]) ->
         obs_py, _ = env_py.reset(seed=11)
         obs_jit, _ = env_jit.reset(seed=11)
         np.testing.assert_array_equal(np.asarray(obs_py), np.asarray(obs_jit))
-        py, py_state = PythonCollector(env_py, apply_fn).collect(
-            params, initial_state(obs_py, key), steps)
+        py, py_state = PythonCollector(env_py, apply_fn).collect(params, initial_state(obs_py, key), steps)
 
         jenv = JitVectorEnv(env_jit)
 
@@ -135,8 +134,18 @@ def test_ctrl_c_saves_what_it_has_and_exits_without_a_traceback(tmp_path: Path) 
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
     out = tmp_path / "run"
-    command = [sys.executable, str(EXAMPLE), "--total-steps", "10000000", "--num-envs", "4",
-               "--num-steps", "32", "--out-dir", str(out)]
+    command = [
+        sys.executable,
+        str(EXAMPLE),
+        "--total-steps",
+        "10000000",
+        "--num-envs",
+        "4",
+        "--num-steps",
+        "32",
+        "--out-dir",
+        str(out),
+    ]
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stderr is not None and proc.stdout is not None
     seen = b""
@@ -157,8 +166,10 @@ def test_ctrl_c_saves_what_it_has_and_exits_without_a_traceback(tmp_path: Path) 
     assert summary["interrupted"] and summary["env_steps"] > 0
 
 
-@pytest.mark.parametrize("flags", [["--servers", "9", "--num-envs", "4"], ["--double-buffer"],
-                                   ["--double-buffer", "--servers", "2", "--local"]])
+@pytest.mark.parametrize(
+    "flags",
+    [["--servers", "9", "--num-envs", "4"], ["--double-buffer"], ["--double-buffer", "--servers", "2", "--local"]],
+)
 def test_bad_backend_flags_are_usage_errors(flags: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     example = _load_example()
     with pytest.raises(SystemExit):
