@@ -9,6 +9,7 @@ reported), with env servers in their own processes:
 * rlmesh, 16 lanes on one endpoint, with ``step`` and with ``step_async``/``step_wait`` (the
   next actions are drawn while the endpoint steps);
 * rlmesh, 16 lanes over 2 endpoints (``rlmesh serve --num-envs 16 --servers 2``);
+* the same over unix sockets, where same-host clients take the shared-memory fast path;
 * for scale, Gymnasium's NumPy-vectorised ``CartPoleVectorEnv(16)`` in process and served.
 
 Targets: one endpoint at >= 0.5x of ``SyncVectorEnv(16)``; the best rlmesh row >= 1.0x.
@@ -21,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shutil
 import statistics
+import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -70,10 +73,19 @@ def numpy_cartpole() -> Any:
 
 
 @contextlib.contextmanager
-def _remote(servers: int, source: str = ENV_ID, num_envs: int | None = LANES) -> Iterator[Callable[[], Any]]:
-    """Serve the lanes; yields a function that opens a fresh client session on them."""
-    server = launch_server(source, num_envs=num_envs, servers=servers, pythonpath=[harness.REPO_ROOT])
+def _remote(
+    servers: int, source: str = ENV_ID, num_envs: int | None = LANES, unix: bool = False
+) -> Iterator[Callable[[], Any]]:
+    """Serve the lanes (tcp loopback, or a unix socket with the shared-memory fast path).
+
+    Yields a function that opens a fresh client session on them.
+    """
+    folder = tempfile.mkdtemp(prefix="rlmesh-bench-") if unix else ""
+    address = f"unix://{folder}/env.sock" if unix else "tcp://127.0.0.1:0"
+    server = launch_server(source, num_envs=num_envs, servers=servers, address=address, pythonpath=[harness.REPO_ROOT])
     with server, contextlib.ExitStack() as clients:
+        if folder:
+            clients.callback(shutil.rmtree, folder, True)
 
         def connect() -> Any:
             env = clients.enter_context(rn.RemoteVectorEnv(server.addresses if servers > 1 else server.address))
@@ -117,6 +129,8 @@ def main(argv: list[str] | None = None) -> None:
             stack.callback(pool.close)
         one = stack.enter_context(_remote(1))
         two = stack.enter_context(_remote(2))
+        one_unix = stack.enter_context(_remote(1, unix=True))
+        two_unix = stack.enter_context(_remote(2, unix=True))
         served_numpy = stack.enter_context(_remote(1, "benchmarks.vector_throughput:numpy_cartpole", None))
 
         rows: list[tuple[str, Callable[[], Any] | None, str]] = [
@@ -127,6 +141,8 @@ def main(argv: list[str] | None = None) -> None:
             (f"rlmesh {LANES} lanes, 1 endpoint, step_async/step_wait", _pipelined(one()), "rlmesh"),
             (f"rlmesh {LANES} lanes over 2 endpoints, step", _stepper(two()), "rlmesh"),
             (f"rlmesh {LANES} lanes over 2 endpoints, step_async/step_wait", _pipelined(two()), "rlmesh"),
+            (f"rlmesh {LANES} lanes, 1 endpoint, unix socket + shared memory, step", _stepper(one_unix()), "rlmesh"),
+            (f"rlmesh {LANES} lanes over 2 endpoints, unix + shared memory, step", _stepper(two_unix()), "rlmesh"),
             (f"in-process CartPoleVectorEnv({LANES}) (NumPy-vectorised env)", _stepper(numpy_vector), "scale"),
             (f"rlmesh {LANES} lanes, 1 endpoint serving CartPoleVectorEnv", _stepper(served_numpy()), "scale"),
         ]
