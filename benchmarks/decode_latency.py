@@ -393,9 +393,9 @@ def _roundtrip_row(label: str, shape: tuple[int, ...], dtype: str, quick: bool, 
 def bench_jit_step(quick: bool) -> list[dict[str, Any]]:
     import jax
     import jax.numpy as jnp
-    from rlmesh.integrations.jit_step import JitVectorEnv
 
     import rlmesh.jax as rj
+    from rlmesh.integrations.jit_step import JitVectorEnv
 
     steps = 200
     params = _mlp_params(4)

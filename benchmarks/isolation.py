@@ -13,7 +13,7 @@ Measures, with every server in its own ``rlmesh serve`` process:
     thread and with process isolation;
   * the single-client CartPole step against the raw pyzmq round trip (the floor).
 
-Usage: python benchmarks/isolation.py [--seconds 4]
+Usage (from the repository root): python -m benchmarks.isolation [--seconds 4]
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import statistics
-import sys
 import threading
 import time
 from pathlib import Path
@@ -33,19 +32,17 @@ import numpy as np
 import zmq
 from gymnasium import spaces
 
-sys.path.insert(0, str(Path(__file__).parent))
-import harness
-
 import rlmesh.numpy as rn
+from benchmarks import harness
 from rlmesh import protocol as p
 from rlmesh.connection import Connection
 from rlmesh.launch import launch_server
 
-HERE = Path(__file__).parent
+REPO_ROOT = Path(__file__).resolve().parents[1]
 MIB = 1 << 20
 
 
-# -- envs the servers load as ``isolation:make_...`` -----------------------------------------
+# -- envs the servers load as ``benchmarks.isolation:make_...`` ----------------------------
 class _Box4(gym.Env):
     observation_space = spaces.Box(-1.0, 1.0, (4,), np.float32)
     action_space = spaces.Discrete(2)
@@ -88,22 +85,22 @@ class ImageEnv(_Box4):
 
 
 def make_sleepy() -> gym.Env:
-    """Factory for ``rlmesh serve isolation:make_sleepy``."""
+    """Factory for ``rlmesh serve benchmarks.isolation:make_sleepy``."""
     return SleepyEnv()
 
 
 def make_busy() -> gym.Env:
-    """Factory for ``rlmesh serve isolation:make_busy``."""
+    """Factory for ``rlmesh serve benchmarks.isolation:make_busy``."""
     return BusyEnv()
 
 
 def make_image() -> gym.Env:
-    """Factory for ``rlmesh serve isolation:make_image``."""
+    """Factory for ``rlmesh serve benchmarks.isolation:make_image``."""
     return ImageEnv()
 
 
 def serve(source: str, *args: str) -> Any:
-    return launch_server(source, *args, pythonpath=[HERE])
+    return launch_server(source, *args, pythonpath=[REPO_ROOT])
 
 
 def memory_kib(pid: int) -> dict[str, int]:
@@ -135,7 +132,7 @@ HELLO = {"protocol": p.PROTOCOL_VERSION}
 # -- 1. a slow session next to fast ones -----------------------------------------------------
 def slow_session(seconds: float) -> list[dict[str, Any]]:
     rows = []
-    with serve("isolation:make_sleepy") as server:
+    with serve("benchmarks.isolation:make_sleepy") as server:
         for with_slow in (False, True):
             fast = rn.RemoteEnv(server.address)
             fast.reset(seed=0)
@@ -256,7 +253,7 @@ def big_tensors(requests: int = 40) -> dict[str, Any]:
 
 
 def flooder(requests: int = 3000) -> dict[str, Any]:
-    with serve("isolation:make_image", "--send-timeout", "2") as server:
+    with serve("benchmarks.isolation:make_image", "--send-timeout", "2") as server:
         pid = server.process.pid
         before = memory_kib(pid)
         good = rn.RemoteEnv(server.address)
@@ -342,7 +339,7 @@ def over_limit_frame() -> dict[str, Any]:
 def isolation_modes(seconds: float) -> list[dict[str, Any]]:
     rows = []
     for mode in ("thread", "process"):
-        with serve("isolation:make_busy", "--isolation", mode) as server:
+        with serve("benchmarks.isolation:make_busy", "--isolation", mode) as server:
             counts = [0, 0]
 
             def drive(index: int, address: str = server.address, counts: list[int] = counts) -> None:

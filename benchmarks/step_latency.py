@@ -109,16 +109,7 @@ def raw_floor(address: str, iterations: int) -> dict[str, float]:
 
 def time_single_steps(env: object, iterations: int) -> dict[str, float]:
     """Time ``env.step`` with alternating actions, resetting at episode ends."""
-    env.reset(seed=0)  # type: ignore[attr-defined]
-    state = {"t": 0}
-
-    def step() -> None:
-        state["t"] += 1
-        _, _, terminated, truncated, _ = env.step(state["t"] & 1)  # type: ignore[attr-defined]
-        if terminated or truncated:
-            env.reset()  # type: ignore[attr-defined]
-
-    return harness.time_calls(step, iterations=iterations)
+    return harness.time_calls(stepper(env), iterations=iterations)  # type: ignore[arg-type]
 
 
 def remote_single(address: str, iterations: int, **client_kwargs: object) -> dict[str, float]:

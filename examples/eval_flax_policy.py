@@ -17,9 +17,9 @@ import flax.linen as nn
 import gymnasium as gym
 import jax
 import jax.numpy as jnp
-from rlmesh.integrations.flax_policy import from_linen
 
 from rlmesh import EnvServer
+from rlmesh.integrations.flax_policy import from_linen
 
 
 class Policy(nn.Module):

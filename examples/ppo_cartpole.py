@@ -42,6 +42,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax.training.train_state import TrainState
+from tqdm import tqdm
+
+import rlmesh.jax
 from rlmesh.integrations.ppo import (
     DoubleBufferedCollector,
     LossConfig,
@@ -55,9 +58,6 @@ from rlmesh.integrations.ppo import (
     make_scan_collector,
     make_update_fn,
 )
-from tqdm import tqdm
-
-import rlmesh.jax
 from rlmesh.launch import launch_server, split_lanes
 
 

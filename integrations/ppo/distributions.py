@@ -58,4 +58,3 @@ def entropy(pi: PolicyOutput) -> jax.Array:
         return per_dim.sum(-1)
     logp = jax.nn.log_softmax(pi, axis=-1)
     return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
-

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
 from rlmesh.integrations.ppo.storage import Rollout
 
 
@@ -54,17 +55,13 @@ def gae(
         adv = delta + gamma * gae_lambda * (1.0 - d) * carry
         return adv, adv
 
-    _, advantages = jax.lax.scan(
-        backward, jnp.zeros_like(last_value, jnp.float32), (deltas, done), reverse=True
-    )
+    _, advantages = jax.lax.scan(backward, jnp.zeros_like(last_value, jnp.float32), (deltas, done), reverse=True)
     advantages = jnp.where(valid, advantages, 0.0)
     returns = jnp.where(valid, advantages + values, 0.0)
     return advantages, returns
 
 
-def rollout_gae(
-    rollout: Rollout, gamma: float = 0.99, gae_lambda: float = 0.95
-) -> tuple[jax.Array, jax.Array]:
+def rollout_gae(rollout: Rollout, gamma: float = 0.99, gae_lambda: float = 0.95) -> tuple[jax.Array, jax.Array]:
     """:func:`gae` applied to the fields of a :class:`~rlmesh.integrations.ppo.storage.Rollout`."""
     return gae(
         rollout.rewards,

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+
 from rlmesh.integrations.ppo import distributions
 from rlmesh.integrations.ppo.storage import Batch
 
@@ -74,9 +75,7 @@ def ppo_loss_terms(
 
     v_unclipped = (new_value - batch.returns) ** 2
     if config.clip_vloss:
-        v_clipped = batch.values + jnp.clip(
-            new_value - batch.values, -config.clip_coef, config.clip_coef
-        )
+        v_clipped = batch.values + jnp.clip(new_value - batch.values, -config.clip_coef, config.clip_coef)
         v_loss = 0.5 * masked_mean(jnp.maximum(v_unclipped, (v_clipped - batch.returns) ** 2), mask)
     else:
         v_loss = 0.5 * masked_mean(v_unclipped, mask)
@@ -89,9 +88,7 @@ def ppo_loss_terms(
         "value_loss": v_loss,
         "entropy": ent,
         "approx_kl": masked_mean((ratio - 1.0) - log_ratio, mask),
-        "clipfrac": masked_mean(
-            (jnp.abs(ratio - 1.0) > config.clip_coef).astype(jnp.float32), mask
-        ),
+        "clipfrac": masked_mean((jnp.abs(ratio - 1.0) > config.clip_coef).astype(jnp.float32), mask),
     }
     return loss, metrics
 

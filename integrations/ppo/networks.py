@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 from rlmesh.integrations.ppo.distributions import PolicyOutput
 
 

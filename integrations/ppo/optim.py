@@ -25,9 +25,7 @@ def make_optimizer(
     if anneal_lr:
         if not total_gradient_steps:
             raise ValueError("total_gradient_steps is required when anneal_lr is True")
-        lr: float | optax.Schedule = optax.linear_schedule(
-            learning_rate, 0.0, transition_steps=total_gradient_steps
-        )
+        lr: float | optax.Schedule = optax.linear_schedule(learning_rate, 0.0, transition_steps=total_gradient_steps)
     else:
         lr = learning_rate
     return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(lr, eps=eps))

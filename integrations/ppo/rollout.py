@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 from rlmesh.integrations.ppo import distributions
 from rlmesh.integrations.ppo.storage import Rollout, reset_step_mask
 

@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 from flax.training.train_state import TrainState
+
 from rlmesh.integrations.ppo.gae import rollout_gae
 from rlmesh.integrations.ppo.loss import LossConfig, ppo_loss
 from rlmesh.integrations.ppo.storage import Batch, Rollout, flatten
@@ -43,18 +44,14 @@ def make_update_fn(config: UpdateConfig) -> UpdateFn:
     are averaged over all minibatches of the update.
     """
 
-    def minibatch_step(
-        state: TrainState, minibatch: Batch
-    ) -> tuple[TrainState, dict[str, jax.Array]]:
+    def minibatch_step(state: TrainState, minibatch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         def loss_fn(params: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
             return ppo_loss(params, state.apply_fn, minibatch, config.loss)
 
         grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
         return state.apply_gradients(grads=grads), metrics
 
-    def epoch(
-        carry: tuple[TrainState, Batch], key: jax.Array
-    ) -> tuple[tuple[TrainState, Batch], dict[str, jax.Array]]:
+    def epoch(carry: tuple[TrainState, Batch], key: jax.Array) -> tuple[tuple[TrainState, Batch], dict[str, jax.Array]]:
         state, batch = carry
         size = batch.mask.shape[0]
         perm = jax.random.permutation(key, size)
@@ -66,9 +63,7 @@ def make_update_fn(config: UpdateConfig) -> UpdateFn:
         return (state, batch), metrics
 
     @jax.jit
-    def update(
-        state: TrainState, rollout: Rollout, key: jax.Array
-    ) -> tuple[TrainState, dict[str, jax.Array]]:
+    def update(state: TrainState, rollout: Rollout, key: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
         size = rollout.num_steps * rollout.num_envs
         if size % config.num_minibatches:
             raise ValueError(f"num_minibatches={config.num_minibatches} must divide {size}")

@@ -12,9 +12,9 @@ from typing import Any
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-from rlmesh.integrations.ray._actor import ServerActor
 
 from rlmesh.errors import RemoteEnvError
+from rlmesh.integrations.ray._actor import ServerActor
 from rlmesh.server import ServeOptions
 from rlmesh.sources import VECTORIZATION_MODES
 

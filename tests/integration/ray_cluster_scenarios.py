@@ -11,9 +11,9 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from ray_support import assert_cartpole_vectors_equal, assert_only_loopback_listeners, ray, require_loopback_namespace
-from rlmesh.integrations.ray import launch_servers
 
 import rlmesh.numpy as rn
+from rlmesh.integrations.ray import launch_servers
 
 require_loopback_namespace()
 

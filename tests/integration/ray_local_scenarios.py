@@ -29,10 +29,10 @@ from ray_support import (
     require_loopback_namespace,
     wait_until,
 )
-from rlmesh.integrations.ray import RayServers, ServerLaunchError, launch_servers
 
 import rlmesh.numpy as rn
 from rlmesh.errors import EndpointConnectionError
+from rlmesh.integrations.ray import RayServers, ServerLaunchError, launch_servers
 
 require_loopback_namespace()
 

@@ -16,9 +16,9 @@ nn = pytest.importorskip("flax.linen")
 nnx = pytest.importorskip("flax.nnx")
 import jax.numpy as jnp  # noqa: E402
 from conftest import REPO_ROOT  # noqa: E402
-from rlmesh.integrations.flax_policy import FlaxPolicy, from_apply_fn, from_linen, from_nnx  # noqa: E402
 
 import rlmesh.numpy as rn  # noqa: E402
+from rlmesh.integrations.flax_policy import FlaxPolicy, from_apply_fn, from_linen, from_nnx  # noqa: E402
 
 
 class LinenMLP(nn.Module):

@@ -11,10 +11,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from rlmesh.integrations.jit_step import EnvHandle, JitVectorEnv, StepResult, result_shapes
 
 import rlmesh.jax as rj
 from rlmesh import EnvServer
+from rlmesh.integrations.jit_step import EnvHandle, JitVectorEnv, StepResult, result_shapes
 from rlmesh.specs import (
     BoxSpec,
     DictSpec,

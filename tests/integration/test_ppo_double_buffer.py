@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from rlmesh.integrations.ppo import ActorCritic, DoubleBufferedCollector, PythonCollector, initial_state
 
 import rlmesh.jax as rj
+from rlmesh.integrations.ppo import ActorCritic, DoubleBufferedCollector, PythonCollector, initial_state
 
 
 def _cartpoles(n: int) -> Any:

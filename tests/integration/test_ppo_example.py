@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+import rlmesh.jax as rj
 from rlmesh.integrations.jit_step import JitVectorEnv
 from rlmesh.integrations.ppo import (
     ActorCritic,
@@ -27,8 +29,6 @@ from rlmesh.integrations.ppo import (
     initial_state,
     make_scan_collector,
 )
-
-import rlmesh.jax as rj
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO_ROOT / "examples" / "ppo_cartpole.py"

@@ -15,9 +15,9 @@ a layout, not code to run).
 
 from __future__ import annotations
 
+import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -244,8 +244,9 @@ def test_shell_line_runs(block: Block, line: str, user_dir: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_main_job_trains(tmp_path: Path) -> None:
-    """The README's first command, less the install that CI already did: PPO through a remote vector env."""
+    """The README's first command, less the install that CI already did, solves CartPole remotely."""
     command = BLOCKS[0].code.splitlines()[0].removeprefix(SETUP_PREFIX).split()
     assert command[:2] == ["python", "examples/ppo_cartpole.py"]
     out_dir = tmp_path / "run"
@@ -258,5 +259,7 @@ def test_main_job_trains(tmp_path: Path) -> None:
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    assert (out_dir / "metrics.json").exists()
-    assert shutil.which(sys.executable)
+    summary = json.loads((out_dir / "metrics.json").read_text())["summary"]
+    assert summary["mode"] != "local" and summary["servers"], summary  # trained through a launched server
+    assert summary["final_eval_mean"] == 500.0, summary
+    assert "final evaluation" in result.stdout

@@ -12,6 +12,7 @@ import optax
 import pytest
 from flax.training.train_state import TrainState
 from jax.experimental import io_callback
+
 from rlmesh.integrations.ppo import (
     ActorCritic,
     Batch,
@@ -82,8 +83,14 @@ def test_gae_truncation_bootstraps_with_final_observation_value() -> None:
 
 
 def test_gae_done_at_last_step() -> None:
-    kw = {"rewards": _col(1, 1), "values": _col(0, 0), "valid": _bcol(True, True),
-          "last_value": jnp.asarray([10.0]), "gamma": 0.5, "gae_lambda": 1.0}
+    kw = {
+        "rewards": _col(1, 1),
+        "values": _col(0, 0),
+        "valid": _bcol(True, True),
+        "last_value": jnp.asarray([10.0]),
+        "gamma": 0.5,
+        "gae_lambda": 1.0,
+    }
     adv_term, _ = gae(terminations=_bcol(False, True), truncations=_bcol(False, False), **kw)
     adv_trunc, _ = gae(terminations=_bcol(False, False), truncations=_bcol(False, True), **kw)
     np.testing.assert_allclose(adv_term[:, 0], [1.5, 1.0])
@@ -111,8 +118,16 @@ def test_gae_matches_loop_reference_on_random_lanes() -> None:
     trunc &= ~term
     valid = np.asarray(reset_step_mask(jnp.asarray(term | trunc), jnp.ones(n, bool)))
     last = rng.normal(size=n)
-    adv, ret = gae(jnp.asarray(r), jnp.asarray(v), jnp.asarray(term), jnp.asarray(trunc),
-                   jnp.asarray(valid), jnp.asarray(last), 0.99, 0.95)
+    adv, ret = gae(
+        jnp.asarray(r),
+        jnp.asarray(v),
+        jnp.asarray(term),
+        jnp.asarray(trunc),
+        jnp.asarray(valid),
+        jnp.asarray(last),
+        0.99,
+        0.95,
+    )
     expected = _reference_gae(r, v, term, trunc, valid, last, 0.99, 0.95)
     np.testing.assert_allclose(adv, expected, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(ret, np.where(valid, expected + v, 0.0), rtol=1e-4, atol=1e-5)
@@ -164,8 +179,7 @@ def test_masked_sample_does_not_affect_loss() -> None:
     cfg = LossConfig()
     args = (jnp.asarray([0.1, -0.2, 0.0]), jnp.asarray([1.0, 2.0, 3.0]), jnp.ones(3))
     base, _ = ppo_loss_terms(*args, _tiny_batch(), cfg)
-    changed = _tiny_batch()._replace(advantages=jnp.asarray([1.0, 1.0, -1e6]),
-                                     returns=jnp.asarray([2.0, 0.0, 1e6]))
+    changed = _tiny_batch()._replace(advantages=jnp.asarray([1.0, 1.0, -1e6]), returns=jnp.asarray([2.0, 0.0, 1e6]))
     other, _ = ppo_loss_terms(*args, changed, cfg)
     assert float(base) == pytest.approx(float(other), rel=1e-6)
 
@@ -269,8 +283,12 @@ def test_scan_collector_matches_python_collector() -> None:
     model, params = _model_and_params(obs_a)
     apply_fn = lambda p, x: model.apply({"params": p}, x)
     obs_spec = jax.ShapeDtypeStruct((n, 4), jnp.float32)
-    out_spec = (obs_spec, jax.ShapeDtypeStruct((n,), jnp.float32),
-                jax.ShapeDtypeStruct((n,), bool), jax.ShapeDtypeStruct((n,), bool))
+    out_spec = (
+        obs_spec,
+        jax.ShapeDtypeStruct((n,), jnp.float32),
+        jax.ShapeDtypeStruct((n,), bool),
+        jax.ShapeDtypeStruct((n,), bool),
+    )
 
     def host_step(action: np.ndarray) -> tuple[np.ndarray, ...]:
         o, r, te, tr, _ = env_b.step(np.asarray(action))
@@ -295,18 +313,15 @@ def test_update_is_finite_and_changes_params() -> None:
     env, obs = _cartpole(4, seed=0)
     model, params = _model_and_params(obs)
     apply_fn = lambda p, x: model.apply({"params": p}, x)
-    rollout, _ = PythonCollector(env, apply_fn).collect(
-        params, initial_state(obs, jax.random.PRNGKey(0)), 32)
+    rollout, _ = PythonCollector(env, apply_fn).collect(params, initial_state(obs, jax.random.PRNGKey(0)), 32)
     env.close()
     assert isinstance(rollout, Rollout)
-    state = TrainState.create(apply_fn=apply_fn, params=params,
-                              tx=make_optimizer(1e-3, 0.5, 16))
+    state = TrainState.create(apply_fn=apply_fn, params=params, tx=make_optimizer(1e-3, 0.5, 16))
     update = make_update_fn(UpdateConfig(num_epochs=4, num_minibatches=4))
     new_state, metrics = update(state, rollout, jax.random.PRNGKey(1))
     assert int(new_state.step) == 16
     assert all(np.isfinite(float(v)) for v in metrics.values())
-    leaves = jax.tree.leaves(jax.tree.map(lambda a, b: jnp.abs(a - b).max(),
-                                          params, new_state.params))
+    leaves = jax.tree.leaves(jax.tree.map(lambda a, b: jnp.abs(a - b).max(), params, new_state.params))
     assert max(float(x) for x in leaves) > 0
 
 
