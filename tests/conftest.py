@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from needs import unavailable
 
 from rlmesh import EnvServer, ServeOptions
 from rlmesh.launch import LaunchedServer, launch_server
@@ -71,3 +74,37 @@ def serve_process() -> Iterator[Callable[..., LaunchedServer]]:
 def unix_address(tmp_path: Path) -> str:
     """A unix socket address inside the test's temporary directory."""
     return f"unix://{tmp_path}/env.sock"
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[Any]:
+    """A client for the local Docker engine (skip, or fail in CI, without one)."""
+    try:
+        from rlmesh.sandbox._docker import docker_client as make_client
+
+        client = make_client()
+    except Exception as exc:
+        unavailable(f"Docker engine needed for sandbox tests: {exc}")
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def base_image(docker_client: Any) -> str:
+    """The base image sandboxes use by default, built offline when it is missing."""
+    from rlmesh.sandbox.base_image import DEFAULT_BASE_TAG, build_base_image
+    from rlmesh.sandbox.image import BASE_IMAGE_ENV, default_base_image
+
+    chosen = default_base_image(docker_client)
+    with contextlib.suppress(Exception):
+        docker_client.images.get(chosen)
+        return chosen
+    if os.environ.get(BASE_IMAGE_ENV, "").strip():
+        unavailable(f"${BASE_IMAGE_ENV}={chosen} is not present locally and no registry is reachable")
+    try:
+        return build_base_image(DEFAULT_BASE_TAG)
+    except RuntimeError as exc:
+        unavailable(f"no local base image and {DEFAULT_BASE_TAG} cannot be built here: {exc}")
+    raise AssertionError("unreachable")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 
 import pytest
 
@@ -27,15 +25,19 @@ def require_docker() -> None:
 
 
 def loopback_namespace_command(argv: list[str]) -> list[str]:
-    """``argv`` wrapped to run in a new network namespace whose only link is loopback."""
-    script = 'ip link set lo up && exec "$@"'
-    return ["unshare", "--net", "sh", "-c", script, "sh", *argv]
+    """``argv`` wrapped to run in a new network namespace whose only link is loopback (for Ray)."""
+    from rlmesh.integrations.ray.namespace import NAMESPACE_ENV, namespace_command
+
+    exports = [f"{key}={value}" for key, value in NAMESPACE_ENV.items()]
+    return namespace_command(["env", *exports, *argv])
 
 
 def require_loopback_namespace() -> None:
-    """Skip (fail in CI) unless this process can create a loopback-only network namespace."""
-    if shutil.which("unshare") is None or shutil.which("ip") is None:
-        unavailable("needs unshare and ip (util-linux, iproute2) for a loopback-only network namespace")
-    probe = subprocess.run(loopback_namespace_command(["true"]), capture_output=True, text=True, timeout=30)
-    if probe.returncode != 0:
-        unavailable(f"cannot create a loopback-only network namespace: {probe.stderr.strip()}")
+    """Skip (fail in CI) unless Ray is installed and a loopback-only network namespace can be made."""
+    try:
+        from rlmesh.integrations.ray.namespace import namespace_problem
+    except ImportError as error:
+        unavailable(f"needs the rlmesh[ray] extra: {error}")
+    problem = namespace_problem()
+    if problem is not None:
+        unavailable(f"needs a loopback-only network namespace for Ray: {problem}")

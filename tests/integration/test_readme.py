@@ -189,11 +189,9 @@ def readme_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     assert server.stop() == 0
 
 
-def _needs(block: Block) -> None:
+def _needs(block: Block, request: pytest.FixtureRequest) -> None:
     if block.mode == "sandbox" or "Sandbox" in block.code:
-        from needs import require_docker
-
-        require_docker()
+        request.getfixturevalue("base_image")  # a Docker engine and the offline base image, never a pull
     if block.mode == "netns":
         from needs import require_loopback_namespace
 
@@ -202,9 +200,9 @@ def _needs(block: Block) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=lambda b: b.name)
-def test_python_block_runs(block: Block, readme_server: str, user_dir: Path) -> None:
+def test_python_block_runs(block: Block, readme_server: str, user_dir: Path, request: pytest.FixtureRequest) -> None:
     """The snippet runs to completion in a fresh interpreter."""
-    _needs(block)
+    _needs(block, request)
     command = [sys.executable, "-c", textwrap.dedent(block.code)]
     if block.mode == "netns":
         from needs import loopback_namespace_command
@@ -228,9 +226,9 @@ def _shell_lines() -> list[tuple[Block, str]]:
 @pytest.mark.parametrize(
     ("block", "line"), _shell_lines(), ids=[f"L{b.line}-{i}" for i, (b, _) in enumerate(_shell_lines())]
 )
-def test_shell_line_runs(block: Block, line: str, user_dir: Path) -> None:
+def test_shell_line_runs(block: Block, line: str, user_dir: Path, request: pytest.FixtureRequest) -> None:
     """``rlmesh serve`` lines start serving and stop cleanly; other lines exit 0."""
-    _needs(block)
+    _needs(block, request)
     if line.startswith("rlmesh serve"):
         server = ServeLine(line, user_dir)
         banner = server.wait_serving()

@@ -45,47 +45,6 @@ OPTS: dict[str, Any] = {"rlmesh_package": "local", "connect_timeout_seconds": 60
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _unavailable(reason: str) -> None:
-    message = f"Docker engine needed for sandbox tests: {reason}"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-@pytest.fixture(scope="session")
-def docker_client() -> Iterator[Any]:
-    """A client for the local Docker engine (skip, or fail in CI, without one)."""
-    try:
-        from rlmesh.sandbox._docker import docker_client as make_client
-
-        client = make_client()
-    except Exception as exc:
-        _unavailable(str(exc))
-    try:
-        yield client
-    finally:
-        client.close()
-
-
-@pytest.fixture(scope="session")
-def base_image(docker_client: Any) -> str:
-    """The base image sandboxes use by default, built offline when it is missing."""
-    from rlmesh.sandbox.base_image import DEFAULT_BASE_TAG, build_base_image
-    from rlmesh.sandbox.image import BASE_IMAGE_ENV, default_base_image
-
-    chosen = default_base_image(docker_client)
-    with contextlib.suppress(Exception):
-        docker_client.images.get(chosen)
-        return chosen
-    if os.environ.get(BASE_IMAGE_ENV, "").strip():
-        _unavailable(f"${BASE_IMAGE_ENV}={chosen} is not present locally and no registry is reachable")
-    try:
-        return build_base_image(DEFAULT_BASE_TAG)
-    except RuntimeError as exc:
-        _unavailable(f"no local base image and {DEFAULT_BASE_TAG} cannot be built here: {exc}")
-    raise AssertionError("unreachable")
-
-
 @pytest.fixture(scope="session")
 def sandbox_image(base_image: str) -> str:
     """Build (or reuse) the CartPole sandbox image once per test run."""
