@@ -39,15 +39,11 @@ def _scenario_ids() -> list[str]:
 @pytest.fixture(scope="module")
 def scenario_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, str]]:
     """Run the scenario modules once inside the namespace; ``{id: (outcome, details)}``."""
-    from needs import unavailable
+    from needs import require_loopback_namespace
 
-    try:
-        from rlmesh.integrations.ray.namespace import namespace_problem, run_in_namespace
-    except ImportError as error:
-        unavailable(f"needs the rlmesh[ray] extra: {error}")
-    problem = namespace_problem()
-    if problem is not None:
-        unavailable(f"Ray runs only inside a loopback-only network namespace, and none can be made: {problem}")
+    require_loopback_namespace()
+    from rlmesh.integrations.ray.namespace import run_in_namespace
+
     report = tmp_path_factory.mktemp("ray") / "report.xml"
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}"]
     command += [str(HERE / name) for name in SCENARIO_FILES]
