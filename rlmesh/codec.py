@@ -324,12 +324,17 @@ def decode_frames(
     frames: Sequence[bytes | memoryview],
     decode_leaf: Callable[[Tensor], Any] | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    header: Header | None = None,
 ) -> tuple[Header, Any]:
-    """Decode a whole message already in memory (copies each tensor frame once)."""
+    """Decode a whole message already in memory (copies each tensor frame once).
+
+    ``header`` is frame 0 already parsed and checked against the tensor frames, if it was.
+    """
     if not frames:
         raise ProtocolError("empty message")
-    header = parse_header(frames[0], limits)
-    check_frames(header, frames[1:])
+    if header is None:
+        header = parse_header(frames[0], limits)
+        check_frames(header, frames[1:])
     tensors = []
     for frame, (shape, dtype) in zip(frames[1:], header.shapes, strict=True):
         array = aligned_empty(shape, dtype)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -19,14 +20,23 @@ from rlmesh.codec import DEFAULT_LIMITS, Limits, encode_message
 from rlmesh.errors import EndpointConnectionError, EndpointTimeoutError
 from rlmesh.security import HANDSHAKE_FAILED_EVENTS, ClientCurve, handshake_failure_message
 from rlmesh.shm import ClientChannel, Spinner
+from rlmesh.shm.record import StepRecord
+from rlmesh.specs import EnvContract
 from rlmesh.tensor import Tensor
-from rlmesh.transport import HEARTBEAT_TIMEOUT_MS, configure, receive_message, shared_context
+from rlmesh.transport import (
+    HEARTBEAT_TIMEOUT_MS,
+    configure,
+    readable,
+    receive_message,
+    recv_frame,
+    send_frames,
+    shared_context,
+)
 
 # How long a request waits for a lost connection to come back before giving up. Heartbeats
 # notice a silent peer after HEARTBEAT_TIMEOUT_MS; a killed process is noticed at once.
 RECONNECT_GRACE_S = 2 * HEARTBEAT_TIMEOUT_MS / 1000
 
-_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 DEFAULT_BUSY_POLL_SECONDS = 0.001
 # How often a reply awaited over shared memory checks that the serving process still exists.
 _CHANNEL_CHECK_S = 1.0
@@ -95,7 +105,7 @@ class Connection:
         self.shared_memory = shared_memory and ipc_path(endpoint) is not None and shm.enabled()
         self._channel: ClientChannel | None = None
         self._channel_request = 0  # the id of the request in flight over the channel
-        self._channel_frames: list[Any] | None = None  # and its frames, to resend if the server left
+        self._channel_resend: Callable[[], list[Any]] | None = None  # its frames, if the server left
         self._spinner = Spinner(busy_poll_seconds)
         self.send_limits = limits  # narrowed to the server's limits by the handshake
         self.busy_poll_seconds = busy_poll_seconds
@@ -126,12 +136,14 @@ class Connection:
 
     def hello_fields(self) -> dict[str, Any]:
         """Handshake fields asking the server for a shared-memory channel (empty when not wanted)."""
-        return {"shared_memory": True, "pid": os.getpid()} if self.shared_memory else {}
+        return {"shared_memory": True, "step_records": True, "pid": os.getpid()} if self.shared_memory else {}
 
-    def attach(self, offer: Any) -> bool:
+    def attach(self, offer: Any, contract: EnvContract | None = None) -> bool:
         """Map the shared-memory region the server offered in its handshake reply.
 
-        Returns whether the channel is in use; a failure leaves the session on ZeroMQ.
+        With the endpoint's ``contract``, steps travel as fixed-layout records when the
+        server offers them. Returns whether the channel is in use; a failure leaves the
+        session on ZeroMQ.
         """
         path = ipc_path(self.endpoint)
         if offer is None or path is None or not self.shared_memory:
@@ -140,6 +152,8 @@ class Connection:
             channel = ClientChannel.attach(path, offer)
         except (OSError, ValueError):
             return False
+        if contract is not None and offer.get("step_records") is True:
+            channel.use_records(StepRecord.for_contract(contract))
         with self._lock:
             self._close_channel()
             self._channel = channel
@@ -190,16 +204,22 @@ class Connection:
                 )
             request_id = self._next_id
             self._next_id += 1
-            frames = encode_message(op, request_id, payload, encode_leaf, self.send_limits)
             channel = self._channel
             if channel is not None and channel.server_gone():
                 self._close_channel()  # the server ended the session: it answers on the socket
                 channel = None
+            encode = functools.partial(encode_message, op, request_id, payload, encode_leaf, self.send_limits)
+            if channel is not None and op == p.STEP and channel.record is not None:
+                record = channel.record.encode_action(payload, encode_leaf)
+                if record is not None and channel.send_step(record[0], record[1], request_id):
+                    self._channel_request, self._channel_resend = request_id, encode
+                    return request_id
+            frames = encode()
             # CLOSE goes over the socket: the server drops the channel while answering it.
             if channel is not None and op != p.CLOSE and channel.send(frames):
-                self._channel_request, self._channel_frames = request_id, frames
+                self._channel_request, self._channel_resend = request_id, encode
             else:
-                self._socket.send_multipart(frames, copy=len(frames) == 1)
+                send_frames(self._socket, frames)
             return request_id
 
     def receive(
@@ -262,11 +282,11 @@ class Connection:
                     channel = None
                 elif channel.server_gone(check_process=quiet):
                     # Never read: send it to the server's front, which answers (no session).
-                    frames, self._channel_frames = self._channel_frames, None
+                    resend, self._channel_resend = self._channel_resend, None
                     self._close_channel()
                     channel = None
-                    if frames is not None:
-                        self._socket.send_multipart(frames, copy=len(frames) == 1)
+                    if resend is not None:
+                        send_frames(self._socket, resend())
             now = time.monotonic()
             wait = [RECONNECT_GRACE_S if lost_at is None else max(0.0, lost_at + RECONNECT_GRACE_S - now)]
             if deadline is not None:
@@ -276,7 +296,7 @@ class Connection:
             events = dict(self._poller.poll(min(wait) * 1000))
             quiet = not events
             if self._socket in events:
-                first = self._socket.recv()
+                first = recv_frame(self._socket)
                 header, reply = receive_message(self._socket, first, decode_leaf, self.limits)
                 if header.request_id == request_id and header.kind != p.PROBE:
                     self._connected = True
@@ -333,7 +353,7 @@ class Connection:
             return
         socket, clock = self._socket, time.perf_counter
         end = clock() + self.busy_poll_seconds
-        while not socket.getsockopt(_EVENTS) & _POLLIN:
+        while not readable(socket):
             if clock() >= end:
                 self._spin_backoff = min(max(2 * self._spin_backoff, _SPIN_BACKOFF_MIN), _SPIN_BACKOFF_MAX)
                 self._spin_skip = self._spin_backoff

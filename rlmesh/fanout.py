@@ -48,7 +48,7 @@ def open_session(
             connecting=True,
         )
         contract = EnvContract.from_dict(hello["contract"])
-        connection.attach(hello.get("shared_memory"))
+        connection.attach(hello.get("shared_memory"), contract)
         return connection, contract
     except BaseException:
         connection.close()

@@ -66,12 +66,11 @@ from rlmesh.sessions import (
     start_thread_worker,
 )
 from rlmesh.shm import remove_stale
-from rlmesh.transport import configure, shared_context
+from rlmesh.transport import NOBLOCK, configure, readable, recv_frames, send_frames, shared_context
 
 log = logging.getLogger("rlmesh.server")
 
 _POLL_MS = 50
-_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 _PROBE_INTERVAL_S = 5.0
 _SWEEP_INTERVAL_S = 0.05
 # A well-behaved client has one request in flight; these bound what a flooding one costs.
@@ -419,19 +418,13 @@ class EnvServer:
                 if not self._sessions or time.monotonic() >= drain_deadline:
                     return
             events = dict(poller.poll(_POLL_MS))
-            while events:
-                # Take turns between clients and workers so neither side can starve the other.
-                for _ in range(64):
-                    if not socket.getsockopt(_EVENTS) & _POLLIN:
-                        break
-                    self._from_client(socket.recv_multipart(copy=False))
-                for _ in range(64):
-                    if not backend.getsockopt(_EVENTS) & _POLLIN:
-                        break
-                    self._from_worker(backend.recv_multipart(copy=False))
-                ready = socket.getsockopt(_EVENTS) & _POLLIN or backend.getsockopt(_EVENTS) & _POLLIN
-                if not ready and not (spin and self._spin(spin)):
-                    break
+            # One message from each side per poll, so neither can starve the other.
+            if socket in events:
+                self._from_client(recv_frames(socket))
+            if backend in events:
+                self._from_worker(recv_frames(backend))
+            if events and spin:
+                self._spin(spin)  # a client stepping back to back sends its next request soon
             now = time.monotonic()
             if now >= next_sweep:
                 next_sweep = now + _SWEEP_INTERVAL_S
@@ -444,13 +437,13 @@ class EnvServer:
         socket, backend, clock = self._socket, self._backend, time.perf_counter
         end = clock() + seconds
         while clock() < end:
-            if socket.getsockopt(_EVENTS) & _POLLIN or backend.getsockopt(_EVENTS) & _POLLIN:
+            if readable(socket) or readable(backend):
                 return True
         return False
 
     # -- requests -----------------------------------------------------------------------
     def _from_client(self, frames: list[Any]) -> None:
-        identity = frames[0].bytes
+        identity = frames[0]
         if len(frames) < 2:
             return  # an empty message: nothing to answer
         request_id = 0
@@ -490,7 +483,10 @@ class EnvServer:
         if op == p.CLOSE:
             session.closing = True
         if self._can_forward(session) and not session.queued:
-            self._forward(session, request_id, frames)
+            if session.inline is not None:
+                self._serve_inline(session, frames, header)
+            else:
+                self._forward(session, request_id, frames)
         elif len(session.queued) < _MAX_QUEUED:
             session.queued.append((request_id, frames))
         else:
@@ -504,7 +500,7 @@ class EnvServer:
             return
         session.in_flight.append(request_id)
         frames[0] = session.worker_id
-        self._backend.send_multipart(frames, copy=False)
+        send_frames(self._backend, frames)
 
     def _small_payload(self, header: Header) -> Any:
         """The payload of a control request (no tensors expected: their placeholders fail)."""
@@ -566,11 +562,11 @@ class EnvServer:
         session.thread = start_thread_worker(lambda: worker, self._backend_endpoint, session.worker_id)
         self._workers[session.worker_id] = session
 
-    def _serve_inline(self, session: _Session, frames: list[Any]) -> None:
+    def _serve_inline(self, session: _Session, frames: list[Any], header: Header | None = None) -> None:
         worker = session.inline
         assert worker is not None
         started = time.perf_counter()
-        reply = worker.handle(frames[1:])
+        reply = worker.handle(frames[1:], header)
         took = time.perf_counter() - started
         self._reply(session.identity, reply, session)
         if worker.finished:
@@ -645,14 +641,14 @@ class EnvServer:
 
     # -- replies ------------------------------------------------------------------------
     def _from_worker(self, frames: list[Any]) -> None:
-        worker_id = frames[0].bytes
+        worker_id = frames[0]
         session = self._workers.get(worker_id)
         if session is None:
             return
-        if len(frames) == 2 and frames[1].bytes in (READY, DONE, ACTIVE):
-            if frames[1].bytes == ACTIVE:
+        if len(frames) == 2 and frames[1] in (READY, DONE, ACTIVE):
+            if frames[1] == ACTIVE:
                 session.last_seen = time.monotonic()
-            elif frames[1].bytes == READY:
+            elif frames[1] == READY:
                 session.ready = True
                 self._flush_queue(session)
             else:
@@ -684,7 +680,7 @@ class EnvServer:
             session.unsent.append(frames)
             return
         try:
-            self._socket.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            send_frames(self._socket, frames, NOBLOCK)
         except zmq.Again:
             if session is not None:  # the client is not reading: hold on, then drop it
                 session.unsent.append(frames)
@@ -696,7 +692,7 @@ class EnvServer:
     def _retry_unsent(self, session: _Session, now: float) -> None:
         while session.unsent:
             try:
-                self._socket.send_multipart(session.unsent[0], zmq.NOBLOCK, copy=False)
+                send_frames(self._socket, session.unsent[0], NOBLOCK)
             except zmq.Again:
                 assert session.blocked_since is not None
                 if now - session.blocked_since > self.options.send_timeout_seconds:
@@ -727,7 +723,7 @@ class EnvServer:
             self._worker_done(session)
         elif session.worker_id in self._workers:
             try:
-                self._backend.send_multipart([session.worker_id, STOP], zmq.NOBLOCK)
+                send_frames(self._backend, [session.worker_id, STOP], NOBLOCK)
             except zmq.ZMQError:
                 pass  # not connected yet (a process still starting) or gone: it is reaped
 
@@ -767,7 +763,7 @@ class EnvServer:
     def _alive(self, identity: bytes) -> bool:
         """Probe a peer: with ROUTER_MANDATORY, a vanished peer fails with EHOSTUNREACH."""
         try:
-            self._socket.send_multipart([identity, encode_message(p.PROBE, 0, None)[0]], zmq.NOBLOCK)
+            send_frames(self._socket, [identity, encode_message(p.PROBE, 0, None)[0]], NOBLOCK)
         except zmq.Again:
             return True  # connected but its queue is full
         except zmq.ZMQError:
@@ -817,11 +813,11 @@ class EnvServer:
         while self._workers:
             wait_ms = 100 if deadline is None else max(0, min(100, int((deadline - time.monotonic()) * 1000)))
             if self._backend.poll(wait_ms):
-                frames = self._backend.recv_multipart(copy=False)
-                session = self._workers.get(frames[0].bytes)
-                if session is not None and len(frames) == 2 and frames[1].bytes == READY:
+                frames = recv_frames(self._backend)
+                session = self._workers.get(frames[0])
+                if session is not None and len(frames) == 2 and frames[1] == READY:
                     self._end_session(session, "the server is shutting down")  # it missed the first stop
-                elif session is not None and len(frames) == 2 and frames[1].bytes == DONE:
+                elif session is not None and len(frames) == 2 and frames[1] == DONE:
                     self._worker_done(session)
             for session in list(self._workers.values()):
                 if session.process is not None and not session.process.is_alive():

@@ -22,13 +22,13 @@ from typing import Any
 import zmq
 
 from rlmesh import protocol as p
-from rlmesh.codec import DEFAULT_LIMITS, Limits, decode_frames, encode_message
+from rlmesh.codec import DEFAULT_LIMITS, Header, Limits, decode_frames, encode_message
 from rlmesh.env_runner import EnvRunner, plain_data
 from rlmesh.errors import BadRequestError, ProtocolError, ProtocolVersionError
 from rlmesh.shm.serving import SessionFastPath
 from rlmesh.specs import EnvContract
 from rlmesh.tensor import Tensor
-from rlmesh.transport import configure, shared_context
+from rlmesh.transport import configure, readable, recv_frames, send_frames, shared_context
 
 log = logging.getLogger("rlmesh.server")
 
@@ -72,13 +72,14 @@ class SessionWorker:
         # Set by serve_session for unix-socket endpoints that offer the shared-memory plane.
         self.fast_path: SessionFastPath | None = None
 
-    def handle(self, frames: list[Any]) -> list[Any]:
+    def handle(self, frames: list[Any], header: Header | None = None) -> list[Any]:
         """Answer one request (its frames, header first); returns the reply frames.
 
-        Sets :attr:`finished` once the session has ended (a ``close`` request, or an env
-        that could not be built).
+        ``header`` is frame 0 when the caller parsed and checked it already. Sets
+        :attr:`finished` once the session has ended (a ``close`` request, or an env that
+        could not be built).
         """
-        return self.answer(lambda: decode_frames(frames, Tensor.numpy, self.limits))
+        return self.answer(lambda: decode_frames(frames, Tensor.numpy, self.limits, header))
 
     def answer(self, read: Callable[[], tuple[Any, Any]]) -> list[Any]:
         """Answer the request ``read()`` returns as ``(header, payload)``; returns the reply frames."""
@@ -90,9 +91,25 @@ class SessionWorker:
                 raise self.failure
             reply = self._dispatch(header.kind, payload)
         except Exception as error:
-            request_id = getattr(error, "request_id", request_id)
-            return encode_message(p.ERROR, request_id, p.reply_for(error, self.send_tracebacks))
-        return _encode_reply(request_id, reply, self.send_tracebacks)
+            return self.error_reply(request_id, error)
+        return self.ok_reply(request_id, reply)
+
+    def step(self, action: Any) -> Any:
+        """The reply payload of a step whose action is decoded already; raises as the env does."""
+        if self.failure is not None:
+            raise self.failure
+        runner = self.runner
+        assert runner is not None
+        return runner.step(action)
+
+    def ok_reply(self, request_id: int, payload: Any) -> list[Any]:
+        """The frames of a successful reply (values that cannot cross the wire are sent as their repr)."""
+        return _encode_reply(request_id, payload, self.send_tracebacks)
+
+    def error_reply(self, request_id: int, error: BaseException) -> list[Any]:
+        """The frames of the error reply for ``error`` (a refusal may name its own request id)."""
+        request_id = getattr(error, "request_id", request_id)
+        return encode_message(p.ERROR, request_id, p.reply_for(error, self.send_tracebacks))
 
     def _dispatch(self, op: str, payload: Any) -> Any:
         runner = self.runner
@@ -243,16 +260,16 @@ def serve_session(
                 if parent_pid is not None and os.getppid() != parent_pid:
                     break  # the server died: nobody is left to answer
                 continue
-            if not socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if not readable(socket):
                 continue  # the doorbell rang
-            frames = socket.recv_multipart(copy=False)
-            if len(frames) == 1 and frames[0].bytes == STOP:
+            frames = recv_frames(socket, copied=1)
+            if len(frames) == 1 and frames[0] == STOP:
                 break
             if fast is not None and fast.has_request(spin=False):
                 _serve_fast_path(worker, fast, socket)  # written before this one was sent
             reply = worker.handle(frames)
             del frames  # a large request's buffers go back now, not at the next request
-            socket.send_multipart(reply, copy=len(reply) == 1)
+            send_frames(socket, reply)
             del reply
     except zmq.ContextTerminated:
         pass
@@ -268,9 +285,9 @@ def serve_session(
 
 def _serve_fast_path(worker: SessionWorker, fast: SessionFastPath, socket: zmq.Socket) -> None:
     """Answer the request waiting in shared memory; a reply it cannot hold goes to the front."""
-    reply = fast.serve(worker.answer)
+    reply = fast.serve(worker)
     if reply is not None:
-        socket.send_multipart(reply, copy=len(reply) == 1)
+        send_frames(socket, reply)
     if fast.due_activity():
         socket.send(ACTIVE)
 

@@ -26,14 +26,22 @@ from typing import Any
 
 import numpy as np
 
+from rlmesh import protocol as p
 from rlmesh.codec import DEFAULT_LIMITS, Header, Limits, decode_body, parse_header
 from rlmesh.errors import ProtocolError
 from rlmesh.shm.doorbell import Doorbell, Spinner
+from rlmesh.shm.record import StepRecord
 from rlmesh.shm.region import (
+    MESSAGE,
+    RECORD_ARRAY,
+    RECORD_SCALAR,
     REPLY_HEADER_BYTES,
+    REPLY_KIND,
     REPLY_SEQ,
     REPLY_SLOT,
     REQUEST_HEADER_BYTES,
+    REQUEST_ID,
+    REQUEST_KIND,
     REQUEST_SEQ,
     REQUEST_SLOT,
     SERVER_AWAKE,
@@ -118,6 +126,26 @@ class _Channel:
         self.request_bell = request_bell
         self.reply_bell = reply_bell
         self.closed = False
+        self.record: StepRecord | None = None
+
+    def use_records(self, record: StepRecord | None) -> None:
+        """Step through fixed-layout records of ``record`` (None: encoded messages only)."""
+        layout = self.layout
+        if record is None or not record.fits(layout.request_bytes, layout.header_bytes, layout.slot_bytes):
+            self.record = None
+            return
+        self.record = record
+        buffer, count = self.region.mmap, record.lanes or 1
+        self.action_view = np.ndarray(record.action_shape, record.action_dtype, buffer, layout.request_offset)
+        header = layout.header_offset
+        self.reward_view = np.ndarray((count,), np.float64, buffer, header)
+        self.terminated_view = np.ndarray((count,), np.bool_, buffer, header + 8 * count)
+        self.truncated_view = np.ndarray((count,), np.bool_, buffer, header + 9 * count)
+
+    def _drop_record_views(self) -> None:
+        if self.record is not None:
+            self.record = None
+            del self.action_view, self.reward_view, self.terminated_view, self.truncated_view
 
     def unlink(self) -> None:
         """Remove the region file and doorbell paths (mappings and fds stay valid)."""
@@ -133,6 +161,7 @@ class _Channel:
         self.unlink()
         self.request_bell.close()
         self.reply_bell.close()
+        self._drop_record_views()
         del self.memory, self.view, self.words
         self.region.close()
 
@@ -186,6 +215,56 @@ class ServerChannel(_Channel):
         """Spin for a request within ``spinner``'s budget; whether one is pending."""
         return spinner.spin(self.words, REQUEST_SEQ, self.handled + 1)
 
+    def use_records(self, record: StepRecord | None) -> None:
+        """Take steps as fixed-layout records of ``record`` (see :class:`_Channel`)."""
+        super().use_records(record)
+        if self.record is not None:
+            rec, layout = self.record, self.layout
+            self._observation_views = [
+                np.ndarray(rec.observation_shape, rec.observation_dtype, self.region.mmap, layout.slot_offset(k))
+                for k in range(layout.slot_count)
+            ]
+
+    def holds_step(self) -> bool:
+        """Whether the pending request is a step record (read it with :meth:`receive_step`)."""
+        return self.words[REQUEST_KIND] != MESSAGE
+
+    def receive_step(self) -> tuple[int, Any]:
+        """Read the pending step record: its request id and the action.
+
+        A scalar action is a Python number and an array action a fresh copy, as an encoded
+        request would have decoded.
+
+        Raises:
+            ProtocolError: this channel takes no records (it still counts as read: reply to it).
+        """
+        words = self.words
+        self.handled = words[REQUEST_SEQ]
+        slot = words[REQUEST_SLOT]
+        self._request_slot = slot if slot < self.layout.slot_count else SCRATCH_SLOT
+        if self.record is None:
+            raise ProtocolError("a step record arrived, but this session encodes every step")
+        view = self.action_view
+        return words[REQUEST_ID], view.item() if words[REQUEST_KIND] == RECORD_SCALAR else view.copy()
+
+    def reply_step(self, payload: Any) -> bool:
+        """Write a step reply as a record and ring; False when it must be encoded instead."""
+        record = self.record
+        values = None if record is None else record.reply_values(payload)
+        if values is None:
+            return False
+        observation, reward, terminated, truncated = values
+        np.copyto(self._observation_views[self._request_slot], observation)
+        self.reward_view[:] = reward
+        self.terminated_view[:] = terminated
+        self.truncated_view[:] = truncated
+        words = self.words
+        words[REPLY_KIND] = RECORD_ARRAY
+        words[REPLY_SLOT] = self._request_slot
+        words[REPLY_SEQ] = self.handled
+        self.reply_bell.ring()
+        return True
+
     def set_awake(self, awake: bool) -> None:
         """Tell the client whether a request would find this side awake (no wake-up to pay)."""
         self.words[SERVER_AWAKE] = int(awake)
@@ -231,6 +310,7 @@ class ServerChannel(_Channel):
         if fits:
             offset = layout.header_offset
             self.view[offset : offset + len(header)] = header
+        words[REPLY_KIND] = MESSAGE
         words[REPLY_HEADER_BYTES] = len(header) if fits else 0
         words[REPLY_SLOT] = self._request_slot
         words[REPLY_SEQ] = self.handled
@@ -308,6 +388,7 @@ class ClientChannel(_Channel):
         self.view[start : start + len(header)] = header
         _write_tensors(self.memory, start + len(header), end, arrays)
         words = self.words
+        words[REQUEST_KIND] = MESSAGE
         words[REQUEST_HEADER_BYTES] = len(header)
         words[REQUEST_SLOT] = self._free_slot()
         self.server_was_awake = bool(words[SERVER_AWAKE])
@@ -315,6 +396,60 @@ class ClientChannel(_Channel):
         words[REQUEST_SEQ] = self.sent
         self.request_bell.ring()
         return True
+
+    def use_records(self, record: StepRecord | None) -> None:
+        """Send steps as fixed-layout records of ``record`` (see :class:`_Channel`)."""
+        super().use_records(record)
+        if self.record is not None:
+            rec, layout = self.record, self.layout
+            self._observation_views = [
+                np.ndarray(rec.observation_shape, rec.observation_dtype, self.region.mmap, layout.slot_offset(k))
+                for k in range(layout.slot_count)
+            ]
+
+    def send_step(self, action: Any, scalar: bool, request_id: int) -> bool:
+        """Write a step record (``action`` from :meth:`StepRecord.action_array`) and ring.
+
+        ``scalar`` says the action was a Python or NumPy scalar (the server gets a Python
+        number, as from an encoded request). False when the request area is still busy.
+        """
+        record = self.record
+        if record is None or not self.idle():
+            return False
+        self.action_view[...] = action
+        words = self.words
+        words[REQUEST_KIND] = RECORD_SCALAR if scalar else RECORD_ARRAY
+        words[REQUEST_ID] = request_id
+        words[REQUEST_SLOT] = self._free_slot() if record.observation_bytes > COPY_BELOW_BYTES else SCRATCH_SLOT
+        self.server_was_awake = bool(words[SERVER_AWAKE])
+        self.sent += 1
+        words[REQUEST_SEQ] = self.sent
+        self.request_bell.ring()
+        return True
+
+    def _receive_step(self, decode_leaf: Callable[[Tensor], Any] | None) -> tuple[Header, Any]:
+        record = self.record
+        slot = self.words[REPLY_SLOT]
+        if record is None or slot >= self.layout.slot_count:
+            raise ProtocolError(f"malformed shared-memory step record (slot {slot})")
+        shape, dtype = record.observation_shape, record.observation_dtype
+        if slot != SCRATCH_SLOT and record.observation_bytes > COPY_BELOW_BYTES:
+            observation = np.ndarray(shape, dtype, buffer=self.slots[slot])
+        else:
+            observation = aligned_empty(shape, dtype)
+            np.copyto(observation, self._observation_views[slot])
+        decode = _keep if decode_leaf is None else decode_leaf
+        wrap = Tensor._wrap
+        if record.lanes is None:
+            reward, terminated, truncated = self.reward_view[0], self.terminated_view[0], self.truncated_view[0]
+            return _RECORD, [decode(wrap(observation)), float(reward), bool(terminated), bool(truncated), {}]
+        values = [decode(wrap(observation))]
+        for view in (self.reward_view, self.terminated_view, self.truncated_view):
+            array = aligned_empty(view.shape, view.dtype)
+            np.copyto(array, view)
+            values.append(decode(wrap(array)))
+        values.append({})
+        return _RECORD, values
 
     def _free_slot(self) -> int:
         for slot in range(1, len(self.slots)):
@@ -347,6 +482,8 @@ class ClientChannel(_Channel):
             ProtocolError: for a malformed reply.
         """
         words, layout = self.words, self.layout
+        if words[REPLY_KIND] != MESSAGE:
+            return self._receive_step(decode_leaf)
         header_bytes = words[REPLY_HEADER_BYTES]
         if header_bytes == 0:
             return None
@@ -364,6 +501,14 @@ class ClientChannel(_Channel):
         """Unmap once no decoded array views the region; see :meth:`_Channel.close`."""
         self.slots = []
         super().close()
+
+
+# What a step record reads as: a successful reply (its request id is the one awaited).
+_RECORD = Header(p.OK, 0, [], b"")
+
+
+def _keep(tensor: Tensor) -> Tensor:
+    return tensor
 
 
 def _is_fifo(path: str) -> bool:

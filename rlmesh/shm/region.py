@@ -34,11 +34,19 @@ _GEOMETRY = struct.Struct("<8sQQQQ")  # magic, request, header, slot capacity, s
 REQUEST_SEQ = 8  # client line (byte 64): sequence of the last request written
 REQUEST_HEADER_BYTES = 9
 REQUEST_SLOT = 10  # the reply slot the client wants this request's reply in
+REQUEST_KIND = 11  # MESSAGE, or a step record (see rlmesh.shm.record)
+REQUEST_ID = 12  # the request id of a step record (a message carries its own)
 REPLY_SEQ = 16  # server line (byte 128): sequence of the last reply written
 REPLY_HEADER_BYTES = 17
 REPLY_SLOT = 18
 SERVER_AWAKE = 19  # 1 while the server is not asleep in poll: a request needs no wake-up
 SERVER_CLOSED = 20  # 1 once the server closed its end: the session is over
+REPLY_KIND = 21  # MESSAGE, or a step record
+
+# Request and reply kinds.
+MESSAGE = 0  # an encoded message: header then tensors
+RECORD_ARRAY = 1  # a step record whose action arrived as an array
+RECORD_SCALAR = 2  # a step record whose action arrived as a scalar (decoded as a Python number)
 CONTROL_BYTES = PAGE
 # Bounds a handshake offer must respect: a peer cannot make the other map or copy more.
 MAX_AREA_BYTES = 1 << 31

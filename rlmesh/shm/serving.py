@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from rlmesh.codec import DEFAULT_LIMITS, Limits
 from rlmesh.shm.channel import ServerChannel, space_bytes
 from rlmesh.shm.doorbell import Spinner
+from rlmesh.shm.record import StepRecord
 from rlmesh.shm.region import Layout
 from rlmesh.specs import EnvContract
 
@@ -27,6 +27,15 @@ SPIN_SECONDS = 0.0005
 # How often a busy fast-path session tells the server front it is alive (its requests
 # bypass the front, which would otherwise count it idle).
 ACTIVITY_INTERVAL_S = 0.25
+
+
+class Worker(Protocol):
+    """What the fast path needs of a session worker (:class:`rlmesh.sessions.SessionWorker`)."""
+
+    def answer(self, read: Any) -> list[Any]: ...
+    def step(self, action: Any) -> Any: ...
+    def ok_reply(self, request_id: int, payload: Any) -> list[Any]: ...
+    def error_reply(self, request_id: int, error: BaseException) -> list[Any]: ...
 
 
 class SessionFastPath:
@@ -60,9 +69,11 @@ class SessionFastPath:
         except OSError as error:
             log.info("serving over ZeroMQ only: cannot create a shared-memory region: %s", error)
             return None
+        if hello.get("step_records"):
+            self.channel.use_records(StepRecord.for_contract(self.contract))
         # A client in this very process competes for the GIL and cores: do not spin for it.
         self.spinner = Spinner(0.0 if hello.get("pid") == os.getpid() else SPIN_SECONDS)
-        return self.channel.offer_payload()
+        return {**self.channel.offer_payload(), "step_records": self.channel.record is not None}
 
     @property
     def fd(self) -> int | None:
@@ -87,8 +98,8 @@ class SessionFastPath:
             channel.set_awake(False)
         return False
 
-    def serve(self, answer: Callable[[Callable[[], tuple[Any, Any]]], list[Any]]) -> list[Any] | None:
-        """Answer the waiting request with ``answer(read)``, replying in place.
+    def serve(self, worker: Worker) -> list[Any] | None:
+        """Answer the waiting request with ``worker``, replying in place.
 
         Returns:
             The reply frames when they must go over the socket instead (too large for the
@@ -96,10 +107,27 @@ class SessionFastPath:
         """
         channel = self.channel
         assert channel is not None
-        frames = answer(lambda: channel.receive(self.limits))
+        if channel.holds_step():
+            frames = self._serve_step(channel, worker)
+            if frames is None:
+                return None
+        else:
+            frames = worker.answer(lambda: channel.receive(self.limits))
         if self.channel is channel and channel.reply(frames):
             return None
         return frames
+
+    def _serve_step(self, channel: ServerChannel, worker: Worker) -> list[Any] | None:
+        """Answer a step record: as a record when the reply fits one, else its encoded frames."""
+        request_id = 0
+        try:
+            request_id, action = channel.receive_step()
+            payload = worker.step(action)
+        except Exception as error:
+            return worker.error_reply(request_id, error)
+        if self.channel is channel and channel.reply_step(payload):
+            return None
+        return worker.ok_reply(request_id, payload)
 
     def due_activity(self) -> bool:
         """Whether to tell the front this session is busy (at most once per interval)."""
