@@ -44,7 +44,7 @@ class ActionGate:
         self._check = make_action_checker(spec, num_envs=num_envs)
         self._num_envs = num_envs
         self._spec = spec
-        self._cast = functools.partial(_cast, spec, num_envs is not None)
+        self._cast = functools.partial(_cast.dispatch(type(spec)), spec, num_envs is not None)
         self._stacks_lists = num_envs is not None and isinstance(spec, _ARRAY_SPECS)
 
     def __call__(self, action: Any) -> Any:

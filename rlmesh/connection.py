@@ -19,7 +19,9 @@ from rlmesh.addresses import ipc_path
 from rlmesh.codec import DEFAULT_LIMITS, Limits, encode_message
 from rlmesh.errors import EndpointConnectionError, EndpointTimeoutError
 from rlmesh.security import HANDSHAKE_FAILED_EVENTS, ClientCurve, handshake_failure_message
+from rlmesh.load import MACHINE_LOAD
 from rlmesh.shm import ClientChannel, Spinner
+from rlmesh.shm.doorbell import RECHECK_SECONDS
 from rlmesh.shm.record import StepRecord
 from rlmesh.specs import EnvContract
 from rlmesh.tensor import Tensor
@@ -48,36 +50,6 @@ _SPIN_BACKOFF_MAX = 1024
 
 _CONNECTED = zmq.EVENT_HANDSHAKE_SUCCEEDED
 _DISCONNECTED = zmq.EVENT_DISCONNECTED
-
-
-class _LoadMonitor:
-    """Whether the machine has more runnable threads than cores, re-read at most every 100 ms."""
-
-    _INTERVAL_S = 0.1
-
-    def __init__(self) -> None:
-        self._cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        self._checked = -1.0
-        self._busy = False
-
-    def oversubscribed(self) -> bool:
-        now = time.monotonic()
-        if now - self._checked >= self._INTERVAL_S:
-            self._checked = now
-            self._busy = self._runnable() > self._cores
-        return self._busy
-
-    @staticmethod
-    def _runnable() -> float:
-        try:  # the fourth field of /proc/loadavg is "runnable/total" right now
-            with open("/proc/loadavg") as handle:
-                return float(handle.read().split()[3].split("/")[0])
-        except (OSError, IndexError, ValueError):
-            return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-
-
-# One reading of the machine, shared by this process's connections.
-_MACHINE_LOAD = _LoadMonitor()
 
 
 class Connection:
@@ -272,10 +244,12 @@ class Connection:
         deadline = None if timeout is None else time.monotonic() + timeout
         lost_at: float | None = None if self._connected or connecting else time.monotonic()
         quiet = False
+        recheck = channel is not None  # the first sleep is short (see rlmesh.shm.doorbell)
         while True:
             if channel is not None:
-                channel.reply_bell.drain()  # then check: a ring after this wakes the poll below
+                channel.doze()  # then check: the server rings for a reply written after this
                 if channel.replied():
+                    self._spinner.arrived()
                     result = channel.receive(decode_leaf, self.limits)
                     if result is not None:
                         return result
@@ -292,7 +266,8 @@ class Connection:
             if deadline is not None:
                 wait.append(max(0.0, deadline - now))
             if channel is not None:
-                wait.append(_CHANNEL_CHECK_S)  # a server process that died never rings
+                wait.append(RECHECK_SECONDS if recheck else _CHANNEL_CHECK_S)  # a dead server never rings
+                recheck = False
             events = dict(self._poller.poll(min(wait) * 1000))
             quiet = not events
             if self._socket in events:
@@ -349,7 +324,7 @@ class Connection:
         if self._spin_skip:
             self._spin_skip -= 1
             return
-        if _MACHINE_LOAD.oversubscribed():
+        if MACHINE_LOAD.oversubscribed():
             return
         socket, clock = self._socket, time.perf_counter
         end = clock() + self.busy_poll_seconds

@@ -498,9 +498,24 @@ class EnvServer:
         if session.inline is not None:
             self._serve_inline(session, frames)
             return
-        session.in_flight.append(request_id)
         frames[0] = session.worker_id
-        send_frames(self._backend, frames)
+        try:
+            send_frames(self._backend, frames)
+        except zmq.ZMQError:
+            # The worker's end is gone: a session process that died before a sweep noticed.
+            process = session.process
+            code = None if process is None else process.exitcode
+            error = SessionClosedError(
+                f"the env process of this session exited with code {code} (a crash or os._exit); "
+                "the session is closed: reconnect for a fresh env"
+            )
+            self._reply(session.identity, encode_message(p.ERROR, request_id, p.reply_for(error)))
+            if process is not None and not process.is_alive():
+                self._worker_died(session)
+            else:
+                self._end_session(session, "its worker is unreachable")
+            return
+        session.in_flight.append(request_id)
 
     def _small_payload(self, header: Header) -> Any:
         """The payload of a control request (no tensors expected: their placeholders fail)."""

@@ -256,7 +256,8 @@ def serve_session(
             if fast is not None and fast.has_request():
                 _serve_fast_path(worker, fast, socket)
                 continue
-            if not poller.poll(_PARENT_CHECK_MS if parent_pid is not None else None):
+            longest = _PARENT_CHECK_MS if parent_pid is not None else None
+            if not poller.poll(longest if fast is None else fast.sleep_ms(longest)):
                 if parent_pid is not None and os.getppid() != parent_pid:
                     break  # the server died: nobody is left to answer
                 continue

@@ -154,16 +154,19 @@ def aligned_empty(shape: Sequence[int], dtype: Any) -> np.ndarray:
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes > _SMALL_BYTES:
         raw, offset = _recycled_raw(nbytes)
-        return np.ndarray(shape, dtype=dtype, buffer=raw, offset=offset)
-    slab = getattr(_slabs, "slab", None)
-    offset = getattr(_slabs, "offset", _SLAB_BYTES)
-    size = max(ALIGNMENT, (nbytes + ALIGNMENT - 1) & -ALIGNMENT)
-    if slab is None or offset + size > _SLAB_BYTES:
+        return np.ndarray(shape, dtype, raw, offset)
+    try:
+        state = _slabs.state  # [slab, next free offset] of this thread
+    except AttributeError:
+        state = _slabs.state = [None, _SLAB_BYTES]
+    size = (nbytes + ALIGNMENT - 1) & -ALIGNMENT or ALIGNMENT
+    offset = state[1]
+    if offset + size > _SLAB_BYTES:
         raw, start = _aligned_raw(_SLAB_BYTES)
-        slab = _slabs.slab = raw[start : start + _SLAB_BYTES]
-        offset = 0
-    _slabs.offset = offset + size
-    return np.ndarray(shape, dtype=dtype, buffer=slab, offset=offset)
+        state[0], offset = raw[start : start + _SLAB_BYTES], 0
+    state[1] = offset + size
+    # Positional arguments: NumPy's keyword parsing costs more than the allocation here.
+    return np.ndarray(shape, dtype, state[0], offset)
 
 
 def is_aligned(array: np.ndarray) -> bool:

@@ -20,6 +20,7 @@ import ctypes
 import math
 import os
 import stat
+import struct
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -29,7 +30,7 @@ import numpy as np
 from rlmesh import protocol as p
 from rlmesh.codec import DEFAULT_LIMITS, Header, Limits, decode_body, parse_header
 from rlmesh.errors import ProtocolError
-from rlmesh.shm.doorbell import Doorbell, Spinner
+from rlmesh.shm.doorbell import Doorbell, Spinner, fence
 from rlmesh.shm.record import StepRecord
 from rlmesh.shm.region import (
     MESSAGE,
@@ -48,6 +49,7 @@ from rlmesh.shm.region import (
     SERVER_CLOSED,
     Layout,
     Region,
+    CLIENT_AWAKE,
     align,
 )
 from rlmesh.specs import SpaceSpec
@@ -255,19 +257,38 @@ class ServerChannel(_Channel):
             return False
         observation, reward, terminated, truncated = values
         np.copyto(self._observation_views[self._request_slot], observation)
-        self.reward_view[:] = reward
-        self.terminated_view[:] = terminated
-        self.truncated_view[:] = truncated
+        if record.lanes is None:
+            _ONE_LANE.pack_into(self.view, self.layout.header_offset, reward, terminated, truncated)
+        else:
+            np.copyto(self.reward_view, reward)
+            np.copyto(self.terminated_view, terminated)
+            np.copyto(self.truncated_view, truncated)
         words = self.words
         words[REPLY_KIND] = RECORD_ARRAY
         words[REPLY_SLOT] = self._request_slot
         words[REPLY_SEQ] = self.handled
-        self.reply_bell.ring()
+        self._wake_client()
         return True
 
-    def set_awake(self, awake: bool) -> None:
-        """Tell the client whether a request would find this side awake (no wake-up to pay)."""
-        self.words[SERVER_AWAKE] = int(awake)
+    def _wake_client(self) -> None:
+        fence()
+        if not self.words[CLIENT_AWAKE]:
+            self.reply_bell.ring()
+
+    def set_awake(self) -> None:
+        """Tell the client this side looks for requests itself: they need no wake-up."""
+        self.words[SERVER_AWAKE] = 1
+
+    def doze(self) -> bool:
+        """Prepare to sleep until the client rings; whether a request came meanwhile (then stay awake)."""
+        words = self.words
+        words[SERVER_AWAKE] = 0
+        fence()
+        self.request_bell.drain()
+        if words[REQUEST_SEQ] > self.handled:
+            words[SERVER_AWAKE] = 1
+            return True
+        return False
 
     def close(self) -> None:
         """Tell the client this end is closed (a request it writes now is never read), then close."""
@@ -314,7 +335,7 @@ class ServerChannel(_Channel):
         words[REPLY_HEADER_BYTES] = len(header) if fits else 0
         words[REPLY_SLOT] = self._request_slot
         words[REPLY_SEQ] = self.handled
-        self.reply_bell.ring()
+        self._wake_client()
         return fits
 
 
@@ -391,11 +412,25 @@ class ClientChannel(_Channel):
         words[REQUEST_KIND] = MESSAGE
         words[REQUEST_HEADER_BYTES] = len(header)
         words[REQUEST_SLOT] = self._free_slot()
-        self.server_was_awake = bool(words[SERVER_AWAKE])
+        self._publish()
+        return True
+
+    def _publish(self) -> None:
+        """Publish the request written; wake the server if it sleeps."""
+        words = self.words
+        words[CLIENT_AWAKE] = 1  # this side looks for the reply itself until it dozes
         self.sent += 1
         words[REQUEST_SEQ] = self.sent
-        self.request_bell.ring()
-        return True
+        fence()
+        self.server_was_awake = bool(words[SERVER_AWAKE])
+        if not self.server_was_awake:
+            self.request_bell.ring()
+
+    def doze(self) -> None:
+        """Prepare to sleep until the server rings (then check :meth:`replied` before polling)."""
+        self.words[CLIENT_AWAKE] = 0
+        fence()
+        self.reply_bell.drain()
 
     def use_records(self, record: StepRecord | None) -> None:
         """Send steps as fixed-layout records of ``record`` (see :class:`_Channel`)."""
@@ -421,10 +456,7 @@ class ClientChannel(_Channel):
         words[REQUEST_KIND] = RECORD_SCALAR if scalar else RECORD_ARRAY
         words[REQUEST_ID] = request_id
         words[REQUEST_SLOT] = self._free_slot() if record.observation_bytes > COPY_BELOW_BYTES else SCRATCH_SLOT
-        self.server_was_awake = bool(words[SERVER_AWAKE])
-        self.sent += 1
-        words[REQUEST_SEQ] = self.sent
-        self.request_bell.ring()
+        self._publish()
         return True
 
     def _receive_step(self, decode_leaf: Callable[[Tensor], Any] | None) -> tuple[Header, Any]:
@@ -441,8 +473,8 @@ class ClientChannel(_Channel):
         decode = _keep if decode_leaf is None else decode_leaf
         wrap = Tensor._wrap
         if record.lanes is None:
-            reward, terminated, truncated = self.reward_view[0], self.terminated_view[0], self.truncated_view[0]
-            return _RECORD, [decode(wrap(observation)), float(reward), bool(terminated), bool(truncated), {}]
+            reward, terminated, truncated = _ONE_LANE.unpack_from(self.view, self.layout.header_offset)
+            return _RECORD, [decode(wrap(observation)), reward, terminated, truncated, {}]
         values = [decode(wrap(observation))]
         for view in (self.reward_view, self.terminated_view, self.truncated_view):
             array = aligned_empty(view.shape, view.dtype)
@@ -503,6 +535,8 @@ class ClientChannel(_Channel):
         super().close()
 
 
+# A single env's reward, terminated and truncated: the layout of the lane views for one lane.
+_ONE_LANE = struct.Struct("<d??")
 # What a step record reads as: a successful reply (its request id is the one awaited).
 _RECORD = Header(p.OK, 0, [], b"")
 

@@ -5,18 +5,39 @@ eventfd (which needs fd passing) would not. Each side opens it read-write and no
 which never blocks on open and never sees end-of-file; peer death is the ZeroMQ liveness
 channel's job, not the doorbell's.
 
-Every message rings (one ``write`` of a byte; a full pipe means a wake-up is already
-pending). A waiter drains the FIFO, re-checks the sequence number, then polls the FIFO's fd.
-Ringing after each publish, and draining before each re-check, means no wake-up is lost
-without relying on cross-process memory fences in Python.
+A message rings (one ``write`` of a byte; a full pipe means a wake-up is already pending)
+only when the receiving side said it sleeps: each side keeps an "awake" word in the region.
+A side about to sleep clears its word, passes a :func:`fence`, drains the FIFO and re-checks
+the sequence number before it polls; a sender publishes the sequence number, passes a fence
+and then reads the receiver's word. With the fences one of the two always sees the other's
+write, so no wake-up is lost; sleepers still re-check once after a short timeout, in case a
+platform's fence is weaker than x86's.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 
+from rlmesh.load import MACHINE_LOAD
+
 _DRAIN_BYTES = 4096
+
+
+_FENCE = threading.Lock()
+# How long a side that just went to sleep waits before it re-checks anyway (see module doc).
+RECHECK_SECONDS = 0.01
+
+
+def fence() -> None:
+    """A full memory barrier between this thread's earlier stores and later loads.
+
+    Taking and releasing a lock runs atomic read-modify-write instructions, which order all
+    memory accesses around them on x86.
+    """
+    with _FENCE:
+        pass
 
 
 class Doorbell:
@@ -72,18 +93,22 @@ class Doorbell:
 class Spinner:
     """Adaptive busy-wait: spin about as long as the awaited event usually takes, when it pays.
 
-    A spin that succeeds keeps the budget at twice the observed wait (up to ``max_seconds``);
-    a spin that times out halves it, so a peer that stays quiet costs ever less CPU. The loop
-    yields the CPU between checks; when a yield hands the core to another task for long, the
-    machine has more busy tasks than cores, where spinning only delays everyone (the peer
-    included, and a spinner loses the core for a whole time slice at a time). Spinning then
-    pauses for a number of waits that doubles while it keeps happening.
+    The budget follows the waits seen: an event that arrives, during a spin or after the spin
+    gave up and the caller slept, within ``max_seconds`` of the spin's start sets the budget
+    to twice that wait (up to ``max_seconds``); one that takes longer halves it, so a peer
+    that stays quiet costs ever less CPU and one that comes back is spun for again at once.
+    The loop yields the CPU between checks. When a yield hands the core to another task for
+    long and the machine has more runnable threads than cores, spinning only delays everyone
+    (the peer included, and a spinner loses the core for a whole time slice at a time), so
+    spinning pauses for a number of waits that doubles while it keeps happening.
 
     Args:
         max_seconds: Longest spin; 0 never spins.
     """
 
-    __slots__ = ("backoff", "budget", "max_seconds", "skip")
+    __slots__ = ("backoff", "budget", "gave_up_at", "max_seconds", "skip")
+
+    machine = MACHINE_LOAD
 
     # A yield that returns later than this ran another task: the cores are oversubscribed.
     STOLEN_SECONDS = 50e-6
@@ -95,11 +120,16 @@ class Spinner:
         self.budget = self.max_seconds
         self.skip = 0
         self.backoff = 0
+        self.gave_up_at: float | None = None  # the start of a spin that ended without the event
 
     def spin(self, ready: object, index: int, target: int) -> bool:
         """Spin until ``ready[index] >= target`` or the budget runs out; whether it got there."""
         if ready[index] >= target:  # type: ignore[index]
+            if self.gave_up_at is not None:
+                self._learn(time.perf_counter() - self.gave_up_at)
             return True
+        if self.gave_up_at is not None:  # the event of the last spin came too late to learn from
+            self._learn(self.max_seconds * 2)
         budget = self.budget
         if budget <= 0:
             return False
@@ -113,21 +143,36 @@ class Spinner:
         stolen = self.STOLEN_SECONDS
         while True:
             if ready[index] >= target:  # type: ignore[index]
-                waited = clock() - start
-                self.budget = min(self.max_seconds, max(self.budget, 2 * waited))
+                self._learn(clock() - start)
                 self.backoff = 0
                 return True
             yield_cpu()
             now = clock()
-            if now - before > stolen:
+            # Another task ran on this core. On an oversubscribed machine spinning only delays
+            # everyone; otherwise it is likely the peer, which the scheduler placed beside this
+            # spinner after a wake-up: both staying runnable lets it move one to an idle core.
+            if now - before > stolen and self.machine.oversubscribed():
                 self.backoff = min(max(2 * self.backoff, self.BACKOFF_MIN), self.BACKOFF_MAX)
                 self.skip = self.backoff
                 return False
             if now >= end:
                 break
             before = now
-        self.budget = max(budget / 2, self.max_seconds / 64)
+        self.gave_up_at = start
         return False
+
+    def arrived(self) -> None:
+        """Tell the spinner the event it last gave up on has just been seen (after a sleep)."""
+        if self.gave_up_at is not None:
+            self._learn(time.perf_counter() - self.gave_up_at)
+
+    def _learn(self, waited: float) -> None:
+        """Fit the budget to one observed wait."""
+        self.gave_up_at = None
+        if waited <= self.max_seconds:
+            self.budget = min(self.max_seconds, max(self.budget, 2 * waited))
+        else:
+            self.budget = max(self.budget / 2, self.max_seconds / 64)
 
 
 def _unlink(path: str) -> None:

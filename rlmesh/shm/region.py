@@ -36,10 +36,11 @@ REQUEST_HEADER_BYTES = 9
 REQUEST_SLOT = 10  # the reply slot the client wants this request's reply in
 REQUEST_KIND = 11  # MESSAGE, or a step record (see rlmesh.shm.record)
 REQUEST_ID = 12  # the request id of a step record (a message carries its own)
+CLIENT_AWAKE = 13  # 1 while the client will look for the reply without a wake-up
 REPLY_SEQ = 16  # server line (byte 128): sequence of the last reply written
 REPLY_HEADER_BYTES = 17
 REPLY_SLOT = 18
-SERVER_AWAKE = 19  # 1 while the server is not asleep in poll: a request needs no wake-up
+SERVER_AWAKE = 19  # 1 while the server will look for requests without a wake-up
 SERVER_CLOSED = 20  # 1 once the server closed its end: the session is over
 REPLY_KIND = 21  # MESSAGE, or a step record
 

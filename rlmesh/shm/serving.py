@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from rlmesh.codec import DEFAULT_LIMITS, Limits
 from rlmesh.shm.channel import ServerChannel, space_bytes
-from rlmesh.shm.doorbell import Spinner
+from rlmesh.shm.doorbell import RECHECK_SECONDS, Spinner
 from rlmesh.shm.record import StepRecord
 from rlmesh.shm.region import Layout
 from rlmesh.specs import EnvContract
@@ -27,6 +27,7 @@ SPIN_SECONDS = 0.0005
 # How often a busy fast-path session tells the server front it is alive (its requests
 # bypass the front, which would otherwise count it idle).
 ACTIVITY_INTERVAL_S = 0.25
+RECHECK_MS = max(1, int(RECHECK_SECONDS * 1000))
 
 
 class Worker(Protocol):
@@ -54,6 +55,8 @@ class SessionFastPath:
         self.channel: ServerChannel | None = None
         self.spinner = Spinner(0.0)
         self._last_activity = 0.0
+        self._served = False  # a request was served since the last doze
+        self._dozing = False  # the next sleep is the first since requests stopped
 
     def offer(self, hello: dict[str, Any]) -> dict[str, Any] | None:
         """Create a channel if the client's handshake asks for one; the offer to send, or None."""
@@ -83,20 +86,32 @@ class SessionFastPath:
     def has_request(self, spin: bool = True) -> bool:
         """Whether a request waits in the channel (after a short adaptive spin when ``spin``).
 
-        With ``spin``, a False answer means the caller is about to sleep in poll: the client
-        is told, so that it does not spin for a reply that first needs this side woken up
-        (on a busy machine the woken worker would wait for the spinning client's core).
+        With ``spin``, a False answer means the caller is about to sleep in poll (for at most
+        :meth:`sleep_ms`): the client is told, so that it rings the doorbell and does not
+        spin for a reply that first needs this side woken up (on a busy machine the woken
+        worker would wait for the spinning client's core).
         """
         channel = self.channel
         if channel is None:
             return False
-        channel.set_awake(True)
-        channel.request_bell.drain()  # then check: a ring after this wakes the next poll
-        if channel.pending() or (spin and channel.wait(self.spinner)):
+        channel.set_awake()
+        if channel.wait(self.spinner) if spin else channel.pending():
+            self._served = True
             return True
-        if spin:
-            channel.set_awake(False)
+        if not spin:
+            return False
+        if channel.doze():
+            self._served = True
+            return True
+        self._dozing, self._served = self._served, False
         return False
+
+    def sleep_ms(self, longest: int | None) -> int | None:
+        """How long the caller may sleep in poll: briefly right after dozing off, then ``longest``."""
+        if not self._dozing:
+            return longest
+        self._dozing = False  # later sleeps without a request between them are long
+        return RECHECK_MS if longest is None else min(longest, RECHECK_MS)
 
     def serve(self, worker: Worker) -> list[Any] | None:
         """Answer the waiting request with ``worker``, replying in place.

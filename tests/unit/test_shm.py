@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import select
+import time
 import stat
 from pathlib import Path
 
@@ -225,16 +226,50 @@ def test_doorbell_wakes_a_poller_and_drains(tmp_path: Path) -> None:
 def test_spinner_adapts_its_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Spinner, "STOLEN_SECONDS", 10.0)  # as on an idle machine
     words = np.zeros(4, np.uint64)
-    spinner = Spinner(0.001)
-    assert not spinner.spin(words, 0, 1)
-    assert spinner.budget == pytest.approx(0.0005)
+    quiet = Spinner(0.002)
+    assert not quiet.spin(words, 0, 1)
+    assert quiet.budget == 0.002  # not judged until the event comes
+    time.sleep(0.01)
+    assert not quiet.spin(words, 0, 1)  # the last event never came in time: halve
+    assert quiet.budget == pytest.approx(0.001)
+    lively = Spinner(1.0)
+    lively.budget = 0.001
+    assert not lively.spin(words, 0, 1)
     words[0] = 1
-    assert spinner.spin(words, 0, 1)
+    assert lively.spin(words, 0, 1)  # came about 1 ms after that spin began: spin twice that
+    assert 0.002 <= lively.budget < 1.0
     assert not Spinner(0.0).spin(words, 0, 2)
+
+
+def test_spinner_learns_from_events_that_come_after_it_gave_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Spinner, "STOLEN_SECONDS", 10.0)
+    words = np.zeros(4, np.uint64)
+    spinner = Spinner(0.004)
+    spinner.budget = 0.0001  # shrunk while the peer was idle
+    assert not spinner.spin(words, 0, 1)
+    time.sleep(0.001)
+    spinner.arrived()  # the caller saw the event after sleeping: it took about 1 ms
+    assert 0.002 <= spinner.budget <= 0.004
+    assert not spinner.spin(words, 0, 2)
+    time.sleep(0.01)
+    words[0] = 2
+    assert spinner.spin(words, 0, 2)  # but 10 ms is longer than max_seconds: halve
+    assert spinner.budget < 0.002
+
+
+class Machine:
+    """A stand-in for the machine's load reading."""
+
+    def __init__(self, oversubscribed: bool) -> None:
+        self.busy = oversubscribed
+
+    def oversubscribed(self) -> bool:
+        return self.busy
 
 
 def test_spinner_backs_off_when_yields_lose_the_core(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Spinner, "STOLEN_SECONDS", 0.0)  # every yield ran another task
+    monkeypatch.setattr(Spinner, "machine", Machine(oversubscribed=True))
     words = np.zeros(4, np.uint64)
     spinner = Spinner(0.001)
     assert not spinner.spin(words, 0, 1)
@@ -243,6 +278,17 @@ def test_spinner_backs_off_when_yields_lose_the_core(monkeypatch: pytest.MonkeyP
     assert spinner.skip == Spinner.BACKOFF_MIN - 1  # skipped without spinning
     words[0] = 1
     assert spinner.spin(words, 0, 1)  # a ready event is seen whatever the backoff
+
+
+def test_spinner_keeps_spinning_beside_its_peer_when_cores_are_free(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Spinner, "STOLEN_SECONDS", 0.0)  # every yield ran another task...
+    monkeypatch.setattr(Spinner, "machine", Machine(oversubscribed=False))  # ...but a core is free
+    words = np.zeros(4, np.uint64)
+    spinner = Spinner(0.002)
+    started = time.perf_counter()
+    assert not spinner.spin(words, 0, 1)
+    assert time.perf_counter() - started >= 0.002  # spun its whole budget
+    assert spinner.skip == 0
 
 
 def test_space_bytes_sums_aligned_leaves() -> None:
