@@ -18,8 +18,8 @@ from rlmesh import shm
 from rlmesh.addresses import ipc_path
 from rlmesh.codec import DEFAULT_LIMITS, Limits, encode_message
 from rlmesh.errors import EndpointConnectionError, EndpointTimeoutError
-from rlmesh.security import HANDSHAKE_FAILED_EVENTS, ClientCurve, handshake_failure_message
 from rlmesh.load import MACHINE_LOAD
+from rlmesh.security import HANDSHAKE_FAILED_EVENTS, ClientCurve, handshake_failure_message
 from rlmesh.shm import ClientChannel, Spinner
 from rlmesh.shm.doorbell import RECHECK_SECONDS
 from rlmesh.shm.record import StepRecord

@@ -33,6 +33,7 @@ from rlmesh.errors import ProtocolError
 from rlmesh.shm.doorbell import Doorbell, Spinner, fence
 from rlmesh.shm.record import StepRecord
 from rlmesh.shm.region import (
+    CLIENT_AWAKE,
     MESSAGE,
     RECORD_ARRAY,
     RECORD_SCALAR,
@@ -49,7 +50,6 @@ from rlmesh.shm.region import (
     SERVER_CLOSED,
     Layout,
     Region,
-    CLIENT_AWAKE,
     align,
 )
 from rlmesh.specs import SpaceSpec

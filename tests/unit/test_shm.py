@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import select
-import time
 import stat
+import time
 from pathlib import Path
 
 import numpy as np
