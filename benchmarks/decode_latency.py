@@ -308,17 +308,25 @@ def bench_roundtrip(quick: bool, with_original: bool) -> list[dict[str, Any]]:
 
 
 def _interleaved(calls: dict[str, Callable[[], Any]], iterations: int, warmup: int = 30) -> dict[str, float]:
-    """Median microseconds per call, the calls taking turns so machine noise hits them alike."""
+    """Median microseconds per call; the calls take turns in blocks so machine noise hits them alike.
+
+    Blocks of back-to-back calls (as a training or evaluation loop makes them) let each peer
+    reach its steady state; a lone call after the machine idled pays for cold caches and
+    wake-ups, whoever makes it (see the README).
+    """
     for call in calls.values():
         for _ in range(warmup):
             call()
     samples: dict[str, list[float]] = {name: [] for name in calls}
     clock = time.perf_counter_ns
-    for _ in range(iterations):
+    block = 20
+    for _ in range(max(1, iterations // block)):
         for name, call in calls.items():
-            start = clock()
-            call()
-            samples[name].append((clock() - start) / 1000)
+            bucket = samples[name]
+            for _ in range(block):
+                start = clock()
+                call()
+                bucket.append((clock() - start) / 1000)
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
