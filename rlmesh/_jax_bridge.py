@@ -14,7 +14,7 @@ import numpy as np
 from rlmesh._jax_dlpack import fast_import
 from rlmesh._jax_version import ensure_available
 from rlmesh.bridges import Bridge, to_numpy
-from rlmesh.tensor import Tensor, wire_dtype
+from rlmesh.tensor import Tensor, aligned_empty, wire_dtype
 
 try:  # JAX is an optional extra: importing this module must work without it.
     import jax
@@ -54,6 +54,14 @@ def _probe() -> Callable[[np.ndarray], Any] | None:
     return _fast
 
 
+# The 32-bit types JAX gives 64-bit values while ``jax_enable_x64`` is off.
+_DEMOTED = {
+    np.dtype(np.int64): np.dtype(np.int32),
+    np.dtype(np.uint64): np.dtype(np.uint32),
+    np.dtype(np.float64): np.dtype(np.float32),
+}
+
+
 def _x64_enabled() -> bool:
     return bool(jax.config.jax_enable_x64)
 
@@ -84,8 +92,14 @@ def asarray(tensor: Tensor | bool | int | float) -> Any:
     if type(tensor) is Tensor:
         fast = _fast if _fast_probed else _probe()
         array = tensor.numpy()
-        if fast is not None and (array.dtype.itemsize != 8 or _x64_enabled()):
-            return fast(array)
+        if fast is not None:
+            if array.dtype.itemsize != 8 or _x64_enabled():
+                return fast(array)
+            narrow = _DEMOTED.get(array.dtype)
+            if narrow is not None:  # JAX's own demotion, done here: its public import is slow
+                demoted = aligned_empty(array.shape, narrow)
+                np.copyto(demoted, array, casting="unsafe")
+                return fast(demoted)
         return jnp.from_dlpack(tensor)
     _require()
     if isinstance(tensor, bool | int | float | np.generic):

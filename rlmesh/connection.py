@@ -235,9 +235,9 @@ class Connection:
     ) -> Any:
         if channel is None:
             self._spin()
-        elif (
-            channel.server_was_awake or channel.replied() or not MACHINE_LOAD.oversubscribed()
-        ) and channel.wait(self._spinner):
+        elif (channel.server_was_awake or channel.replied() or not MACHINE_LOAD.oversubscribed()) and channel.wait(
+            self._spinner
+        ):
             result = channel.receive(decode_leaf, self.limits)
             if result is not None:
                 return result

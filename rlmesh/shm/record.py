@@ -79,9 +79,10 @@ class StepRecord:
     def encode_action(self, action: Any, encode_leaf: Callable[[Any], Any] | None = None) -> tuple[Any, bool] | None:
         """``(value to write, whether it is a scalar)``, or None when ``action`` must be encoded.
 
-        Only values whose dtype and shape are exactly the contract's qualify, and a scalar
-        (a Python int, a NumPy scalar or 0-d array) reaches the server as a Python number, so
-        the server sees the very values an encoded request would have carried.
+        Only values of the contract's shape whose dtype widens exactly into the contract's
+        qualify (they are cast as they are written), and a scalar (a Python int, a NumPy
+        scalar or 0-d array) reaches the server as a Python number, so the server checks the
+        very numbers an encoded request would have carried.
         """
         kind = type(action)
         if kind is int:
@@ -91,12 +92,20 @@ class StepRecord:
             if type(encoded) is not Tensor:
                 return None
             array = encoded.numpy()
-            if array.dtype == self.action_dtype and array.shape == self.action_shape:
+            if array.shape == self.action_shape and self._widens(array.dtype):
                 return array, False  # a backend array crosses as an array, even 0-d
             return None
-        if action.dtype == self.action_dtype and action.shape == self.action_shape:
+        if action.shape == self.action_shape and self._widens(action.dtype):
             return action, action.ndim == 0
         return None
+
+    def _widens(self, dtype: np.dtype) -> bool:
+        """Whether values of ``dtype`` become the action dtype exactly (int32 into int64, ...).
+
+        Same kind only: the server checks the very same numbers before casting them anyway.
+        """
+        target = self.action_dtype
+        return dtype == target or (dtype.kind == target.kind and np.can_cast(dtype, target, "safe"))
 
     # -- server: the reply --------------------------------------------------------------
     def reply_values(self, payload: Any) -> tuple[np.ndarray, Any, Any, Any] | None:

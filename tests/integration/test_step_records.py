@@ -97,7 +97,7 @@ def test_actions_reach_the_env_as_encoded_ones_would(serve, tmp_path: Path) -> N
         return envs[-1]
 
     server = serve(make, f"unix://{tmp_path}/env.sock")
-    actions = [3, np.int64(2), np.array(4), np.int32(1), np.array(0, np.int64), np.array([1])[0]]
+    actions = [3, np.int64(2), np.array(4), np.int32(1), np.array(0, np.int64), np.array([1])[0], np.uint8(2)]
     with rn.RemoteEnv(server.address) as fast, rn.RemoteEnv(server.address, shared_memory=False) as plain:
         channel = connection_of(fast)._channel
         assert channel is not None and channel.record is not None
@@ -108,8 +108,9 @@ def test_actions_reach_the_env_as_encoded_ones_would(serve, tmp_path: Path) -> N
             fast.step(action)
             kinds.append(int(channel.words[REQUEST_KIND]))
             plain.step(action)
-    # Python ints and int64 scalars and 0-d arrays take records; an int32 scalar is encoded.
-    assert kinds == [RECORD_SCALAR, RECORD_SCALAR, RECORD_SCALAR, MESSAGE, RECORD_SCALAR, RECORD_SCALAR]
+    # Python ints, signed integer scalars and 0-d arrays take records (widened to int64); a
+    # uint8 (another kind of integer) is encoded.
+    assert kinds == [RECORD_SCALAR] * 6 + [MESSAGE]
     fast_env, plain_env = envs  # the first serves the first session
     assert fast_env.seen == plain_env.seen
 
@@ -124,9 +125,10 @@ def test_array_actions_and_replies_records_cannot_carry(serve, tmp_path: Path) -
     server = serve(make, f"unix://{tmp_path}/env.sock")
     actions = [
         np.array([0.5, -0.5], np.float32),
-        np.array([0.25, 0.75]),  # float64: encoded, cast by the server as before
+        np.array([0.25, 0.75]),  # float64 does not fit float32 exactly: encoded, cast by the server
         [0.1, 0.2],
-        np.array([1.0, 1.0], np.float32),
+        np.array([1.0, 1.0], np.float16),  # widens exactly: a record
+        np.array([1, 0], np.int32),  # another kind: encoded
     ] * 3
     with rn.RemoteEnv(server.address) as fast, rn.RemoteEnv(server.address, shared_memory=False) as plain:
         kinds = []
