@@ -9,10 +9,12 @@ reported), with env servers in their own processes:
 * rlmesh, 16 lanes on one endpoint, with ``step`` and with ``step_async``/``step_wait`` (the
   next actions are drawn while the endpoint steps);
 * rlmesh, 16 lanes over 2 endpoints (``rlmesh serve --num-envs 16 --servers 2``);
-* the same over unix sockets, where same-host clients take the shared-memory fast path;
+* the same over unix sockets, where same-host clients take the shared-memory fast path
+  (steps of plain-array spaces travel as fixed-layout records);
 * for scale, Gymnasium's NumPy-vectorised ``CartPoleVectorEnv(16)`` in process and served.
 
-Targets: one endpoint at >= 0.5x of ``SyncVectorEnv(16)``; the best rlmesh row >= 1.0x.
+Targets: one endpoint at >= 0.5x of ``SyncVectorEnv(16)`` (its best row, tcp or unix socket);
+the best rlmesh row >= 1.0x. Both rows are named in the JSON.
 Machines shared with other work give noisy numbers: compare rows of the same run.
 
 Usage (from the repository root): ``python -m benchmarks.vector_throughput [--iterations 2000] [--rounds 3]``
@@ -95,6 +97,10 @@ def _remote(
         yield connect
 
 
+def _ratio(row: dict[str, Any]) -> float:
+    return float(row["x_sync_vector_env"])
+
+
 def _envpool() -> tuple[Any, str]:
     try:
         import envpool
@@ -142,7 +148,17 @@ def main(argv: list[str] | None = None) -> None:
             (f"rlmesh {LANES} lanes over 2 endpoints, step", _stepper(two()), "rlmesh"),
             (f"rlmesh {LANES} lanes over 2 endpoints, step_async/step_wait", _pipelined(two()), "rlmesh"),
             (f"rlmesh {LANES} lanes, 1 endpoint, unix socket + shared memory, step", _stepper(one_unix()), "rlmesh"),
+            (
+                f"rlmesh {LANES} lanes, 1 endpoint, unix socket + shared memory, step_async/step_wait",
+                _pipelined(one_unix()),
+                "rlmesh",
+            ),
             (f"rlmesh {LANES} lanes over 2 endpoints, unix + shared memory, step", _stepper(two_unix()), "rlmesh"),
+            (
+                f"rlmesh {LANES} lanes over 2 endpoints, unix + shared memory, step_async/step_wait",
+                _pipelined(two_unix()),
+                "rlmesh",
+            ),
             (f"in-process CartPoleVectorEnv({LANES}) (NumPy-vectorised env)", _stepper(numpy_vector), "scale"),
             (f"rlmesh {LANES} lanes, 1 endpoint serving CartPoleVectorEnv", _stepper(served_numpy()), "scale"),
         ]
@@ -168,10 +184,15 @@ def main(argv: list[str] | None = None) -> None:
         table,
         ["measurement", "env_steps_per_s", "x_sync_vector_env"],
     )
-    measured = {row["measurement"]: row for row in table if row.get("kind")}
-    one_endpoint = measured[rows[3][0]]["x_sync_vector_env"]
-    best = max(row["x_sync_vector_env"] for row in measured.values() if row["kind"] == "rlmesh")
-    targets = {"one_endpoint_at_least_0.5x": one_endpoint >= 0.5, "best_rlmesh_at_least_1.0x": best >= 1.0}
+    measured = {row["measurement"]: row for row in table if row.get("kind") == "rlmesh"}
+    one_endpoint = max((row for name, row in measured.items() if "1 endpoint" in name), key=_ratio)
+    best = max(measured.values(), key=_ratio)
+    targets = {
+        "one_endpoint_at_least_0.5x": _ratio(one_endpoint) >= 0.5,
+        "best_rlmesh_at_least_1.0x": _ratio(best) >= 1.0,
+        "best_one_endpoint_row": one_endpoint["measurement"],
+        "best_rlmesh_row": best["measurement"],
+    }
     print(f"\ntargets: {targets}")
     path = harness.write_json(
         "vector_throughput",
