@@ -14,7 +14,6 @@ from rlmesh import protocol as p
 from rlmesh.addresses import resolve_address
 from rlmesh.bridges import TENSOR_BRIDGE, Bridge
 from rlmesh.checks import Checker, make_action_checker, make_observation_checker
-from rlmesh.connection import DEFAULT_BUSY_POLL_SECONDS
 from rlmesh.errors import EndpointConnectionError
 from rlmesh.fanout import EndpointGroup
 from rlmesh.security import KeySource, client_curve
@@ -40,9 +39,10 @@ class _RemoteBase(Generic[ObsT, ActT]):
             raises within a few seconds).
         validate_actions: Check actions locally when the backend provides a checker.
         validate_observations: Check decoded observations against the observation space.
-        busy_poll_seconds: Spin up to this long for each reply before sleeping (default 1 ms;
-            0 disables). Halves round-trip latency where thread wake-ups are slow, at the cost
-            of a busy core while a reply is awaited.
+        busy_poll_seconds: Spin up to this long for each reply before sleeping (0 disables).
+            Halves round-trip latency where thread wake-ups are slow, at the cost of a busy
+            core while a reply is awaited. None (default): 1 ms for one endpoint, 0 for
+            several joined ones, whose servers need the cores a spinning client would take.
         curve_server_key: The server's CURVE public key (z85 text or its certificate file);
             with ``curve_secret_key``, authenticates and encrypts the connection.
         curve_secret_key: This client's secret certificate file (``rlmesh keygen``); the
@@ -70,7 +70,7 @@ class _RemoteBase(Generic[ObsT, ActT]):
         request_timeout_seconds: float | None = None,
         validate_actions: bool = True,
         validate_observations: bool = False,
-        busy_poll_seconds: float = DEFAULT_BUSY_POLL_SECONDS,
+        busy_poll_seconds: float | None = None,
         curve_server_key: KeySource | None = None,
         curve_secret_key: str | os.PathLike[str] | None = None,
         shared_memory: bool = True,

@@ -15,7 +15,7 @@ from typing import Any
 from rlmesh import lanes
 from rlmesh import protocol as p
 from rlmesh.bridges import Bridge
-from rlmesh.connection import Connection
+from rlmesh.connection import DEFAULT_BUSY_POLL_SECONDS, Connection
 from rlmesh.errors import AsyncCallError, EndpointConnectionError, RLMeshError
 from rlmesh.security import ClientCurve
 from rlmesh.specs import EnvContract
@@ -80,7 +80,8 @@ class EndpointGroup:
             of addresses was given); otherwise a single address keeps its own contract.
         connect_timeout_seconds: Handshake limit per endpoint.
         request_timeout_seconds: Reply limit per request (None: wait).
-        busy_poll_seconds: Reply spin time per connection.
+        busy_poll_seconds: Reply spin time per connection; None: the client default (1 ms for
+            one endpoint, none for several).
         curve: CURVE keys used with every endpoint (None: no CURVE).
         shared_memory: Use the shared-memory plane unix-socket endpoints offer.
 
@@ -96,10 +97,12 @@ class EndpointGroup:
         joined: bool,
         connect_timeout_seconds: float,
         request_timeout_seconds: float | None,
-        busy_poll_seconds: float,
+        busy_poll_seconds: float | None,
         curve: ClientCurve | None = None,
         shared_memory: bool = True,
     ) -> None:
+        if busy_poll_seconds is None:
+            busy_poll_seconds = DEFAULT_BUSY_POLL_SECONDS if len(addresses) == 1 else 0.0
         self.bridge = bridge
         self.request_timeout_seconds = request_timeout_seconds
         self.members: list[_Member] = []
