@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="keyword argument for the env constructor (repeatable; JSON values)",
     )
     serve.add_argument("--ready-file", default=None, help="write the bound address here once serving")
+    serve.add_argument(
+        "--exit-with-parent",
+        action="store_true",
+        help="stop serving when the process that started this one exits, even if it was killed",
+    )
     serve.add_argument("--allow-remote-shutdown", action="store_true")
     serve.add_argument("--idle-timeout", type=float, default=None, help="close sessions idle this many seconds")
     serve.add_argument(
@@ -163,7 +168,9 @@ def serve_command(args: argparse.Namespace) -> int:
     if args.servers != 1:
         from rlmesh.launch import serve_split, without_options
 
-        others = without_options(args.argv, ["--servers", "--num-envs", "--address", "--ready-file"], ["--quiet"])
+        others = without_options(
+            args.argv, ["--servers", "--num-envs", "--address", "--ready-file"], ["--quiet", "--exit-with-parent"]
+        )
         return serve_split(
             others,
             num_envs=args.num_envs,
@@ -171,6 +178,7 @@ def serve_command(args: argparse.Namespace) -> int:
             address=args.address,
             ready_file=args.ready_file,
             quiet=args.quiet,
+            exit_with_parent=args.exit_with_parent,
         )
     factory = env_factory(
         args.source, num_envs=args.num_envs, vectorization_mode=args.vectorization_mode, kwargs=parse_kwargs(args.kwarg)
@@ -183,6 +191,10 @@ def serve_command(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    if args.exit_with_parent:
+        from rlmesh.launch import watch_parent
+
+        watch_parent(server.shutdown)
     if args.ready_file:
         temporary = f"{args.ready_file}.tmp"
         with open(temporary, "w") as handle:

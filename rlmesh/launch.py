@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -147,7 +148,8 @@ def launch_server(
         RuntimeError: the server exited before it served (the message carries its stderr).
         TimeoutError: it did not serve within ``timeout`` (stopped, stderr in the message).
     """
-    command = [sys.executable, "-m", "rlmesh", "serve", source, "--address", address, "--quiet", *args]
+    command = [sys.executable, "-m", "rlmesh", "serve", source, "--address", address, "--quiet", "--exit-with-parent"]
+    command += args
     if num_envs is not None:
         command += ["--num-envs", str(num_envs)]
     if servers != 1:
@@ -185,6 +187,24 @@ def launch_server(
     return server
 
 
+def watch_parent(on_exit: Callable[[], None], interval: float = 0.25) -> threading.Thread:
+    """Call ``on_exit`` once this process's parent has exited (it was reparented), from a daemon thread.
+
+    A server started for one program (``launch_server``, ``rlmesh serve --servers``) stops
+    with it, even when the program was killed and could not stop it.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        on_exit()
+
+    thread = threading.Thread(target=watch, name="rlmesh-parent-watch", daemon=True)
+    thread.start()
+    return thread
+
+
 def split_lanes(num_envs: int | None, servers: int) -> list[int | None]:
     """Lanes per server when ``num_envs`` lanes are split over ``servers`` processes.
 
@@ -214,30 +234,38 @@ def server_addresses(address: str, servers: int) -> list[str]:
 
 
 def serve_split(
-    argv: Sequence[str], *, num_envs: int | None, servers: int, address: str, ready_file: str | None, quiet: bool
+    argv: Sequence[str],
+    *,
+    num_envs: int | None,
+    servers: int,
+    address: str,
+    ready_file: str | None,
+    quiet: bool,
+    exit_with_parent: bool = False,
 ) -> int:
     """Run ``servers`` ``rlmesh serve`` processes that share the lanes, until SIGTERM/SIGINT or one exits.
 
     ``argv`` holds the other ``rlmesh serve`` arguments (the source and flags), passed to
-    every server. The ready file lists every address, one per line, in lane order.
+    every server. The ready file lists every address, one per line, in lane order. With
+    ``exit_with_parent``, the servers also stop when this process's parent exits.
 
     Returns:
         0 after a requested stop, 1 when a server exited on its own.
     """
-    import threading
-
     counts = split_lanes(num_envs, servers)
     binds = server_addresses(address, servers)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if exit_with_parent:
+        watch_parent(stop.set)
     children: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="rlmesh-serve-") as folder:
         try:
             for i, (count, bind) in enumerate(zip(counts, binds, strict=True)):
                 lanes = [] if count is None else ["--num-envs", str(count)]
                 command = [sys.executable, "-m", "rlmesh", "serve", *argv, *lanes, "--address", bind]
-                command += ["--ready-file", f"{folder}/ready-{i}", "--quiet"]
+                command += ["--ready-file", f"{folder}/ready-{i}", "--quiet", "--exit-with-parent"]
                 children.append(subprocess.Popen(command, stdin=subprocess.DEVNULL))
             addresses = []
             for i, child in enumerate(children):

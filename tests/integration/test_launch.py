@@ -61,3 +61,57 @@ def test_the_cli_refuses_a_bad_split_in_one_line(tmp_path) -> None:
         "rlmesh serve: error: --num-envs 2 cannot be split over 3 servers; give each at least one lane "
         "(--debug shows the traceback)"
     ]
+
+
+LAUNCHER = """
+import sys
+from rlmesh.launch import launch_server
+server = launch_server("CartPole-v1", num_envs=int(sys.argv[1]), servers=int(sys.argv[2]))
+print(server.process.pid, *server.addresses, flush=True)
+sys.stdin.read()  # until killed
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("servers", [1, 2])
+def test_servers_stop_when_the_program_that_launched_them_is_killed(servers: int) -> None:
+    import os
+    import signal
+    import time
+
+    program = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER, "4", str(servers)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    members: list[int] = []
+    try:
+        assert program.stdout is not None
+        pid, *addresses = program.stdout.readline().split()
+        group = int(pid)  # launch_server starts a new session: the server (or supervisor) leads it
+        with rn.RemoteVectorEnv(addresses if servers > 1 else addresses[0]) as env:
+            env.reset(seed=0)
+        listed = subprocess.run(["pgrep", "-g", str(group)], capture_output=True, text=True, check=True).stdout
+        members = [int(p) for p in listed.split()]
+        assert len(members) == (1 if servers == 1 else 1 + servers)
+        program.send_signal(signal.SIGKILL)  # no chance to stop its servers
+        program.wait(10)
+        deadline = time.monotonic() + 10
+        while any(_alive(member) for member in members) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(member) for member in members), "a server outlived the program that launched it"
+    finally:
+        if program.poll() is None:
+            program.kill()
+            program.wait(10)
+        for stream in (program.stdin, program.stdout):
+            if stream is not None:
+                stream.close()
+        for member in members:
+            if _alive(member):
+                os.kill(member, signal.SIGKILL)
