@@ -79,42 +79,39 @@ if __name__ == "__main__":
 """
 
 
-def raw_floor(address: str, iterations: int) -> dict[str, float]:
-    socket = zmq.Context.instance().socket(zmq.DEALER)
-    socket.setsockopt(zmq.LINGER, 0)
-    socket.connect(address)
-    message = {
-        "op": "step",
-        "id": 1,
-        "action": 1,
-        "observation": [0.1, 0.2, 0.3, 0.4],
-        "reward": 1.0,
-        "terminated": False,
-        "truncated": False,
-        "info": {},
-    }
-
-    def round_trip() -> None:
-        socket.send(msgpack.packb(message))
-        msgpack.unpackb(socket.recv())
-
-    try:
-        stats = harness.time_calls(round_trip, iterations=iterations)
-    finally:
-        socket.send(b"stop")
-        socket.close()
-    stats["message_bytes"] = len(msgpack.packb(message))
-    return stats
-
-
 def time_single_steps(env: object, iterations: int) -> dict[str, float]:
     """Time ``env.step`` with alternating actions, resetting at episode ends."""
     return harness.time_calls(stepper(env), iterations=iterations)  # type: ignore[arg-type]
 
 
-def remote_single(address: str, iterations: int, **client_kwargs: object) -> dict[str, float]:
-    with rn.RemoteEnv(address, **client_kwargs) as env:  # type: ignore[arg-type]
-        return time_single_steps(env, iterations)
+def over_sockets(iterations: int) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    """The raw pyzmq floor, and a CartPole step over tcp and over a unix socket (ZeroMQ only).
+
+    The three take turns in blocks of 100 calls, so that machine noise, which moves every
+    figure here by up to 2x over minutes, hits them alike and their ratios hold.
+    """
+    message = {"op": "step", "id": 1, "action": 1, "observation": [0.1, 0.2, 0.3, 0.4], "reward": 1.0}
+    payload = msgpack.packb({**message, "terminated": False, "truncated": False, "info": {}})
+    with contextlib.ExitStack() as stack:
+        directory = stack.enter_context(tempfile.TemporaryDirectory())
+        socket = zmq.Context.instance().socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.connect(stack.enter_context(harness.raw_echo_server()))
+        stack.callback(socket.close)
+
+        def raw() -> None:
+            socket.send(payload)
+            msgpack.unpackb(socket.recv())
+
+        tcp = stack.enter_context(rn.RemoteEnv(stack.enter_context(harness.rlmesh_server("CartPole-v1"))))
+        unix_address = stack.enter_context(
+            harness.rlmesh_server("CartPole-v1", "--address", f"unix://{directory}/e.sock")
+        )
+        unix = stack.enter_context(rn.RemoteEnv(unix_address, shared_memory=False))
+        results = harness.time_in_turns({"raw": raw, "tcp": stepper(tcp), "unix": stepper(unix)}, iterations=iterations)
+        socket.send(b"stop")
+    results["raw"]["message_bytes"] = len(payload)
+    return results["raw"], results["tcp"], results["unix"]
 
 
 def curve_cost(iterations: int, block: int = 50) -> list[dict[str, object]]:
@@ -289,13 +286,7 @@ def main() -> None:
 
     near = same_host(n, args.sandbox)
 
-    with harness.raw_echo_server() as address:
-        floor = raw_floor(address, n)
-    with harness.rlmesh_server("CartPole-v1") as address:
-        tcp = remote_single(address, n)
-    unix_path = Path(f"/tmp/rlmesh-bench-{np.random.default_rng().integers(1 << 30)}.sock")
-    with harness.rlmesh_server("CartPole-v1", "--address", f"unix://{unix_path}") as address:
-        unix = remote_single(address, n, shared_memory=False)
+    floor, tcp, unix = over_sockets(n)
     local = local_single(n)
     lanes = args.lanes
     with harness.rlmesh_server("CartPole-v1", "--num-envs", str(lanes)) as address, rn.RemoteVectorEnv(address) as env:
