@@ -143,11 +143,17 @@ class _Channel:
         self.reward_view = np.ndarray((count,), np.float64, buffer, header)
         self.terminated_view = np.ndarray((count,), np.bool_, buffer, header + 8 * count)
         self.truncated_view = np.ndarray((count,), np.bool_, buffer, header + 9 * count)
+        # The observation's place in each reply slot (the server writes there, the client copies from there).
+        shape, dtype = record.observation_shape, record.observation_dtype
+        self._observation_views = [
+            np.ndarray(shape, dtype, buffer, layout.slot_offset(k)) for k in range(layout.slot_count)
+        ]
 
     def _drop_record_views(self) -> None:
         if self.record is not None:
             self.record = None
             del self.action_view, self.reward_view, self.terminated_view, self.truncated_view
+            del self._observation_views
 
     def unlink(self) -> None:
         """Remove the region file and doorbell paths (mappings and fds stay valid)."""
@@ -216,16 +222,6 @@ class ServerChannel(_Channel):
     def wait(self, spinner: Spinner) -> bool:
         """Spin for a request within ``spinner``'s budget; whether one is pending."""
         return spinner.spin(self.words, REQUEST_SEQ, self.handled + 1)
-
-    def use_records(self, record: StepRecord | None) -> None:
-        """Take steps as fixed-layout records of ``record`` (see :class:`_Channel`)."""
-        super().use_records(record)
-        if self.record is not None:
-            rec, layout = self.record, self.layout
-            self._observation_views = [
-                np.ndarray(rec.observation_shape, rec.observation_dtype, self.region.mmap, layout.slot_offset(k))
-                for k in range(layout.slot_count)
-            ]
 
     def holds_step(self) -> bool:
         """Whether the pending request is a step record (read it with :meth:`receive_step`)."""
@@ -431,16 +427,6 @@ class ClientChannel(_Channel):
         self.words[CLIENT_AWAKE] = 0
         fence()
         self.reply_bell.drain()
-
-    def use_records(self, record: StepRecord | None) -> None:
-        """Send steps as fixed-layout records of ``record`` (see :class:`_Channel`)."""
-        super().use_records(record)
-        if self.record is not None:
-            rec, layout = self.record, self.layout
-            self._observation_views = [
-                np.ndarray(rec.observation_shape, rec.observation_dtype, self.region.mmap, layout.slot_offset(k))
-                for k in range(layout.slot_count)
-            ]
 
     def send_step(self, action: Any, scalar: bool, request_id: int) -> bool:
         """Write a step record (``action`` from :meth:`StepRecord.action_array`) and ring.
