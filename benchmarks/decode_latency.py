@@ -292,10 +292,8 @@ ORIGINAL_SCRIPT = textwrap.dedent(
 def _original_roundtrip(shape: tuple[int, ...], dtype: str, iterations: int) -> float | None:
     import json
 
-    try:
-        from original_rlmesh import run_script
-    except ImportError:
-        return None
+    from benchmarks.original_rlmesh import run_script
+
     result = run_script(ORIGINAL_SCRIPT, json.dumps(list(shape)), dtype, str(iterations), timeout=300)
     return None if result is None else float(result["median_us"])
 

@@ -5,7 +5,9 @@ reported), with env servers in their own processes:
 
 * in-process ``SyncVectorEnv(16)`` (the reference, 1.00x);
 * Gymnasium ``AsyncVectorEnv(16, shared_memory=True)``;
-* EnvPool's C++ CartPole with 16 envs, when ``import envpool`` works (else skipped, with why);
+* EnvPool's C++ CartPole with 16 envs on one thread: in process when ``import envpool`` works,
+  else from a venv of its own (``pip install envpool``, cached under ``~/.cache/rlmesh-bench``;
+  skipped, with why, when that fails);
 * rlmesh, 16 lanes on one endpoint, with ``step`` and with ``step_async``/``step_wait`` (the
   next actions are drawn while the endpoint steps);
 * rlmesh, 16 lanes over 2 endpoints (``rlmesh serve --num-envs 16 --servers 2``);
@@ -35,6 +37,7 @@ import numpy as np
 
 import rlmesh.numpy as rn
 from benchmarks import harness
+from benchmarks.peer_venv import PeerVenv
 from rlmesh.launch import launch_server
 
 LANES = 16
@@ -101,14 +104,48 @@ def _ratio(row: dict[str, Any]) -> float:
     return float(row["x_sync_vector_env"])
 
 
-def _envpool() -> tuple[Any, str]:
+ENVPOOL = PeerVenv("envpool", ["envpool", "numpy"], "RLMESH_ENVPOOL_VENV")
+ENVPOOL_SCRIPT = r"""
+import json, sys, time
+import numpy as np
+import envpool
+lanes, iterations = int(sys.argv[1]), int(sys.argv[2])
+env = envpool.make_gymnasium("CartPole-v1", num_envs=lanes, batch_size=lanes, num_threads=1, seed=0)
+env.reset()
+pool = np.random.default_rng(0).integers(0, 2, (256, lanes)).astype(np.int32)
+for i in range(100):
+    env.step(pool[i % 256])
+start = time.perf_counter()
+for i in range(iterations):
+    env.step(pool[i % 256])
+print(json.dumps({"env_steps_per_s": lanes * iterations / (time.perf_counter() - start)}))
+"""
+
+
+def _envpool(iterations: int) -> tuple[Callable[[], float | None] | None, str]:
+    """EnvPool's CartPole: in process when importable, else from its own venv (``pip install envpool``).
+
+    Returns a function measuring env steps per second once, or None and why it is skipped.
+    """
     try:
         import envpool
-    except ImportError as error:
-        return None, f"envpool is not installed ({error}); pip install envpool"
+    except ImportError:
+        if ENVPOOL.ensure() is None:
+            return None, "pip install envpool failed (see stderr); EnvPool column skipped"
+
+        def in_venv() -> float | None:
+            result = ENVPOOL.run_script(ENVPOOL_SCRIPT, str(LANES), str(iterations), timeout=300)
+            return None if result is None else float(result["env_steps_per_s"])
+
+        return in_venv, "EnvPool, from its own venv (subprocess)"
     env = envpool.make_gymnasium(ENV_ID, num_envs=LANES, batch_size=LANES, num_threads=1, seed=0)
     env.reset()
-    return env, ""
+    step = _stepper(env, np.int32)
+
+    def in_process() -> float:
+        return harness.time_calls(step, iterations=iterations, warmup=100)["per_s"] * LANES
+
+    return in_process, "EnvPool, in process"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -130,9 +167,7 @@ def main(argv: list[str] | None = None) -> None:
         numpy_vector = numpy_cartpole()
         stack.callback(numpy_vector.close)
         numpy_vector.reset(seed=0)
-        pool, skipped = _envpool()
-        if pool is not None:
-            stack.callback(pool.close)
+        envpool_rate, envpool_how = _envpool(args.iterations)
         one = stack.enter_context(_remote(1))
         two = stack.enter_context(_remote(2))
         one_unix = stack.enter_context(_remote(1, unix=True))
@@ -142,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
         rows: list[tuple[str, Callable[[], Any] | None, str]] = [
             (f"in-process SyncVectorEnv({LANES})", _stepper(sync), "peer"),
             (f"Gymnasium AsyncVectorEnv({LANES}, shared_memory=True)", _stepper(asynchronous), "peer"),
-            (f"EnvPool CartPole-v1 x{LANES} (C++)", _stepper(pool, np.int32) if pool is not None else None, "peer"),
+            (f"EnvPool CartPole-v1 x{LANES} (C++, 1 thread)", envpool_rate, "peer-rate"),
             (f"rlmesh {LANES} lanes, 1 endpoint, step", _stepper(one()), "rlmesh"),
             (f"rlmesh {LANES} lanes, 1 endpoint, step_async/step_wait", _pipelined(one()), "rlmesh"),
             (f"rlmesh {LANES} lanes over 2 endpoints, step", _stepper(two()), "rlmesh"),
@@ -164,21 +199,28 @@ def main(argv: list[str] | None = None) -> None:
         ]
         rates: dict[str, list[float]] = {name: [] for name, _, _ in rows}
         for _ in range(args.rounds):
-            for name, call, _ in rows:
-                if call is not None:
-                    stats = harness.time_calls(call, iterations=args.iterations, warmup=100)
-                    rates[name].append(stats["per_s"] * LANES)
+            for name, call, kind in rows:
+                if call is None:
+                    continue
+                if kind == "peer-rate":  # measures itself (EnvPool in its venv)
+                    rate = call()
+                    if rate is not None:
+                        rates[name].append(rate)
+                    continue
+                stats = harness.time_calls(call, iterations=args.iterations, warmup=100)
+                rates[name].append(stats["per_s"] * LANES)
 
     reference = statistics.median(rates[rows[0][0]])
     table = []
     for name, call, kind in rows:
-        if call is None:
-            table.append({"measurement": name, "env_steps_per_s": "skipped", "x_sync_vector_env": skipped})
+        if call is None or not rates[name]:
+            table.append({"measurement": name, "env_steps_per_s": "skipped", "x_sync_vector_env": envpool_how})
             continue
         rate = statistics.median(rates[name])
-        table.append(
-            {"measurement": name, "env_steps_per_s": rate, "x_sync_vector_env": rate / reference, "kind": kind}
-        )
+        row = {"measurement": name, "env_steps_per_s": rate, "x_sync_vector_env": rate / reference, "kind": kind}
+        if kind == "peer-rate":
+            row.update(kind="peer", how=envpool_how)
+        table.append(row)
     harness.print_table(
         f"Vector throughput, {LANES} {ENV_ID} lanes, random actions (median of {args.rounds} rounds)",
         table,
