@@ -180,16 +180,17 @@ class Connection:
             if channel is not None and channel.server_gone():
                 self._close_channel()  # the server ended the session: it answers on the socket
                 channel = None
-            encode = functools.partial(encode_message, op, request_id, payload, encode_leaf, self.send_limits)
             if channel is not None and op == p.STEP and channel.record is not None:
                 record = channel.record.encode_action(payload, encode_leaf)
                 if record is not None and channel.send_step(record[0], record[1], request_id):
-                    self._channel_request, self._channel_resend = request_id, encode
+                    # Encoded only if the server leaves before reading it (see _await).
+                    resend = functools.partial(encode_message, op, request_id, payload, encode_leaf, self.send_limits)
+                    self._channel_request, self._channel_resend = request_id, resend
                     return request_id
-            frames = encode()
+            frames = encode_message(op, request_id, payload, encode_leaf, self.send_limits)
             # CLOSE goes over the socket: the server drops the channel while answering it.
             if channel is not None and op != p.CLOSE and channel.send(frames):
-                self._channel_request, self._channel_resend = request_id, encode
+                self._channel_request, self._channel_resend = request_id, lambda: frames
             else:
                 send_frames(self._socket, frames)
             return request_id

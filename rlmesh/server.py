@@ -483,10 +483,7 @@ class EnvServer:
         if op == p.CLOSE:
             session.closing = True
         if self._can_forward(session) and not session.queued:
-            if session.inline is not None:
-                self._serve_inline(session, frames, header)
-            else:
-                self._forward(session, request_id, frames)
+            self._forward(session, request_id, frames, header)
         elif len(session.queued) < _MAX_QUEUED:
             session.queued.append((request_id, frames))
         else:
@@ -494,9 +491,10 @@ class EnvServer:
             if session.dropped in (1, 1000):
                 log.warning("dropping requests from a client that floods its session (%d so far)", session.dropped)
 
-    def _forward(self, session: _Session, request_id: int, frames: list[Any]) -> None:
+    def _forward(self, session: _Session, request_id: int, frames: list[Any], header: Header | None = None) -> None:
+        """Hand a request to its session's worker (``header``: frame 0, if parsed already)."""
         if session.inline is not None:
-            self._serve_inline(session, frames)
+            self._serve_inline(session, frames, header)
             return
         frames[0] = session.worker_id
         try:

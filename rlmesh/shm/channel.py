@@ -429,7 +429,7 @@ class ClientChannel(_Channel):
         self.reply_bell.drain()
 
     def send_step(self, action: Any, scalar: bool, request_id: int) -> bool:
-        """Write a step record (``action`` from :meth:`StepRecord.action_array`) and ring.
+        """Write a step record (``action`` from :meth:`StepRecord.encode_action`) and ring.
 
         ``scalar`` says the action was a Python or NumPy scalar (the server gets a Python
         number, as from an encoded request). False when the request area is still busy.

@@ -125,8 +125,7 @@ class Spinner:
     def spin(self, ready: object, index: int, target: int) -> bool:
         """Spin until ``ready[index] >= target`` or the budget runs out; whether it got there."""
         if ready[index] >= target:  # type: ignore[index]
-            if self.gave_up_at is not None:
-                self._learn(time.perf_counter() - self.gave_up_at)
+            self.arrived()
             return True
         if self.gave_up_at is not None:  # the event of the last spin came too late to learn from
             self._learn(self.max_seconds * 2)

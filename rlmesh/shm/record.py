@@ -55,8 +55,9 @@ class StepRecord:
         self.observation_bytes = math.prod(self.observation_shape) * self.observation_dtype.itemsize
         count = 1 if lanes is None else lanes
         self.header_bytes = count * (_REWARD.itemsize + 2)
-        # A scalar Discrete action may arrive as a Python int.
-        self.takes_int = lanes is None and self.action_shape == () and self.action_dtype.kind in "iu"
+        # A scalar Discrete action may arrive as a Python int: within these bounds it fits.
+        scalar_int = lanes is None and self.action_shape == () and self.action_dtype.kind in "iu"
+        self._int_range = (np.iinfo(self.action_dtype).min, np.iinfo(self.action_dtype).max) if scalar_int else None
 
     @classmethod
     def for_contract(cls, contract: EnvContract) -> StepRecord | None:
@@ -86,7 +87,8 @@ class StepRecord:
         """
         kind = type(action)
         if kind is int:
-            return (action, True) if self.takes_int else None
+            bounds = self._int_range
+            return (action, True) if bounds is not None and bounds[0] <= action <= bounds[1] else None
         if kind is not np.ndarray and not isinstance(action, np.generic):
             encoded = NotImplemented if encode_leaf is None else encode_leaf(action)
             if type(encoded) is not Tensor:

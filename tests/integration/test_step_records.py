@@ -229,4 +229,6 @@ def test_invalid_actions_are_refused_the_same_way(serve, tmp_path: Path) -> None
         env.reset(seed=0)
         with pytest.raises(rlmesh.InvalidActionError, match="Discrete"):
             env.step(7)  # an int64 in the record's layout, outside the space: the server refuses
+        with pytest.raises(rlmesh.InvalidActionError):
+            env.step(2**63)  # no int64 holds it: encoded, and the server refuses it as before
         assert env.step(1)[1] == 1.0
