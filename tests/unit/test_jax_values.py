@@ -134,6 +134,22 @@ def test_decode_uses_the_direct_dlpack_import() -> None:
     assert resolve_fast_import() is not None
 
 
+def test_decoded_arrays_are_uncommitted_like_jnp_asarray() -> None:
+    """Mixing decoded observations with fresh parameters must not make a jitted step compile twice."""
+    observation = rj.asarray(Tensor.from_numpy(np.arange(8, dtype=np.float32).reshape(2, 4)))
+    assert observation._committed is False
+    assert observation._committed == jnp.asarray(np.zeros(2))._committed
+
+    @jax.jit
+    def step(params: jax.Array, obs: jax.Array) -> jax.Array:
+        return params * 0.5 + obs.sum()
+
+    params = jnp.ones(3)  # uncommitted, as model.init returns
+    for _ in range(3):
+        params = step(params, rj.asarray(Tensor.from_numpy(np.ones((2, 4), np.float32))))
+    assert step._cache_size() == 1
+
+
 @pytest.mark.parametrize("dtype", WIRE_DTYPES)
 def test_every_dtype_round_trips_with_x64(dtype: str) -> None:
     with jax.enable_x64(True):
