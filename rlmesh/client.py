@@ -7,7 +7,8 @@ subclasses (see ``rlmesh/numpy.py``); all client behaviour lives here.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Generic, TypeVar
 
 from rlmesh import protocol as p
@@ -225,9 +226,11 @@ class _RemoteBase(Generic[ObsT, ActT]):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __del__(self) -> None:
+    def __del__(self, _finalizing: Callable[[], bool] = sys.is_finalizing) -> None:
+        # At interpreter exit module globals may already be gone, and the OS reclaims the
+        # sockets and mappings anyway (the server unlinked the region files at mapping).
         group = getattr(self, "_group", None)
-        if group is not None:
+        if group is not None and not _finalizing():
             group.close_sockets()
 
     def __repr__(self) -> str:

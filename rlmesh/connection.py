@@ -21,7 +21,7 @@ from rlmesh.errors import EndpointConnectionError, EndpointTimeoutError
 from rlmesh.load import MACHINE_LOAD
 from rlmesh.security import HANDSHAKE_FAILED_EVENTS, ClientCurve, handshake_failure_message
 from rlmesh.shm import ClientChannel, Spinner
-from rlmesh.shm.doorbell import RECHECK_SECONDS
+from rlmesh.shm.doorbell import RECHECK_SECONDS, SPARE_THREADS
 from rlmesh.shm.record import StepRecord
 from rlmesh.specs import EnvContract
 from rlmesh.tensor import Tensor
@@ -236,9 +236,9 @@ class Connection:
     ) -> Any:
         if channel is None:
             self._spin()
-        elif (channel.server_was_awake or channel.replied() or not MACHINE_LOAD.oversubscribed()) and channel.wait(
-            self._spinner
-        ):
+        elif (
+            channel.server_was_awake or channel.replied() or not MACHINE_LOAD.oversubscribed(SPARE_THREADS)
+        ) and channel.wait(self._spinner):
             result = channel.receive(decode_leaf, self.limits)
             if result is not None:
                 return result

@@ -17,15 +17,26 @@ class LoadMonitor:
     def __init__(self) -> None:
         self._cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         self._checked = -1.0
-        self._busy = False
+        self._runnable_now = 0.0
 
-    def oversubscribed(self) -> bool:
-        """More runnable threads than cores, as of the last reading."""
+    def oversubscribed(self, spare: int = 0) -> bool:
+        """More runnable threads than cores plus ``spare``, as of the last reading.
+
+        ``spare`` tolerates a peer's helper threads: a client whose JAX policy runs on XLA's
+        compute threads while its same-host server spins for the next request makes three or
+        four runnable threads on two cores, and backing off then makes both sides sleep and
+        pay a wake-up on every step.
+        """
         now = time.monotonic()
         if now - self._checked >= self._INTERVAL_S:
             self._checked = now
-            self._busy = self._runnable() > self._cores
-        return self._busy
+            self._runnable_now = self._runnable()
+        return self._runnable_now > self._cores + spare
+
+    @property
+    def cores(self) -> int:
+        """The cores this process may use."""
+        return self._cores
 
     @staticmethod
     def _runnable() -> float:

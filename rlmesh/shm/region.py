@@ -210,7 +210,9 @@ class Region:
             self.fd = -1
         for resource in (self.words, self.view, self.mmap):
             try:
-                resource.close() if isinstance(resource, mmap.mmap) else resource.release()
+                # Builtins only: at interpreter exit (a client closed by __del__) module
+                # globals such as ``mmap`` may already be None.
+                resource.release() if type(resource) is memoryview else resource.close()
             except BufferError:
                 pass  # arrays handed to the caller still point here; the mapping outlives them
 

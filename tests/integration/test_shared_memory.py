@@ -262,3 +262,26 @@ def test_a_frozen_server_is_detected_like_over_zeromq(serve_process, tmp_path: P
     finally:
         os.kill(server.process.pid, signal.SIGCONT)
         env.close()
+
+
+def test_a_client_left_open_at_interpreter_exit_exits_quietly(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    server = EnvServer(CountingEnv, f"unix://{tmp_path}/env.sock", options=ServeOptions()).start()
+    script = (
+        "import jax, rlmesh.jax as rn\n"
+        f"env = rn.RemoteEnv({server.address!r})\n"
+        "assert env._group.members[0].connection.uses_shared_memory\n"
+        "env.reset(seed=0); env.step(1)\n"
+        "print('stepped', flush=True)\n"  # and exit without closing: __del__ runs at shutdown
+    )
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[2]))
+    try:
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+        assert done.returncode == 0 and done.stdout.strip() == "stepped"
+        assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+        assert wait_for(lambda: not server._sessions, 15)  # the server still notices the client left
+    finally:
+        server.shutdown()
+    assert listing(tmp_path) == []

@@ -13,7 +13,9 @@ import pytest
 
 from rlmesh.codec import encode_message
 from rlmesh.errors import ProtocolError
+from rlmesh.load import MACHINE_LOAD, LoadMonitor
 from rlmesh.shm import ClientChannel, Doorbell, Layout, Region, ServerChannel, Spinner, remove_stale, space_bytes
+from rlmesh.shm.doorbell import SPARE_THREADS
 from rlmesh.shm.region import REPLY_HEADER_BYTES, REQUEST_HEADER_BYTES, REQUEST_SEQ
 from rlmesh.specs import BoxSpec, DictSpec, DiscreteSpec, TextSpec, TupleSpec
 from rlmesh.tensor import Tensor
@@ -257,19 +259,20 @@ def test_spinner_learns_from_events_that_come_after_it_gave_up(monkeypatch: pyte
     assert spinner.budget < 0.002
 
 
-class Machine:
-    """A stand-in for the machine's load reading."""
+class FixedLoad(LoadMonitor):
+    """The machine's load monitor, reading a fixed number of runnable threads."""
 
-    def __init__(self, oversubscribed: bool) -> None:
-        self.busy = oversubscribed
+    def __init__(self, runnable: int) -> None:
+        super().__init__()
+        self.runnable = runnable
 
-    def oversubscribed(self) -> bool:
-        return self.busy
+    def _runnable(self) -> float:  # type: ignore[override]
+        return self.runnable
 
 
 def test_spinner_backs_off_when_yields_lose_the_core(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Spinner, "STOLEN_SECONDS", 0.0)  # every yield ran another task
-    monkeypatch.setattr(Spinner, "machine", Machine(oversubscribed=True))
+    monkeypatch.setattr(Spinner, "machine", FixedLoad(2 * MACHINE_LOAD.cores + 1))
     words = np.zeros(4, np.uint64)
     spinner = Spinner(0.001)
     assert not spinner.spin(words, 0, 1)
@@ -280,15 +283,27 @@ def test_spinner_backs_off_when_yields_lose_the_core(monkeypatch: pytest.MonkeyP
     assert spinner.spin(words, 0, 1)  # a ready event is seen whatever the backoff
 
 
-def test_spinner_keeps_spinning_beside_its_peer_when_cores_are_free(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "runnable",
+    [1, MACHINE_LOAD.cores + 1, 2 * MACHINE_LOAD.cores],
+    ids=["a-core-is-free", "a-peer-helper-thread", "one-helper-per-core"],
+)
+def test_spinner_keeps_spinning_beside_its_peer_and_its_helpers(monkeypatch: pytest.MonkeyPatch, runnable: int) -> None:
     monkeypatch.setattr(Spinner, "STOLEN_SECONDS", 0.0)  # every yield ran another task...
-    monkeypatch.setattr(Spinner, "machine", Machine(oversubscribed=False))  # ...but a core is free
+    monkeypatch.setattr(Spinner, "machine", FixedLoad(runnable))  # ...but only the peer's threads
     words = np.zeros(4, np.uint64)
     spinner = Spinner(0.002)
     started = time.perf_counter()
     assert not spinner.spin(words, 0, 1)
     assert time.perf_counter() - started >= 0.002  # spun its whole budget
     assert spinner.skip == 0
+
+
+def test_load_monitor_counts_spare_threads() -> None:
+    load = FixedLoad(MACHINE_LOAD.cores + 1)
+    assert load.oversubscribed()  # a socket client's spin yields to any extra thread
+    assert not load.oversubscribed(SPARE_THREADS)  # same-host spinning tolerates a peer's helpers
+    assert FixedLoad(2 * MACHINE_LOAD.cores + 1).oversubscribed(SPARE_THREADS)
 
 
 def test_space_bytes_sums_aligned_leaves() -> None:
