@@ -17,17 +17,18 @@ from rlmesh import protocol as p
 from rlmesh import shm
 from rlmesh.addresses import ipc_path
 from rlmesh.codec import DEFAULT_LIMITS, Limits, encode_message
-from rlmesh.errors import EndpointConnectionError, EndpointTimeoutError
+from rlmesh.errors import EndpointConnectionError, EndpointTimeoutError, ProtocolError
 from rlmesh.load import MACHINE_LOAD
+from rlmesh.record import RecordFrames, StepRecord, is_record_frame
 from rlmesh.security import HANDSHAKE_FAILED_EVENTS, ClientCurve, handshake_failure_message
 from rlmesh.shm import ClientChannel, Spinner
 from rlmesh.shm.doorbell import RECHECK_SECONDS, SPARE_THREADS
-from rlmesh.shm.record import StepRecord
 from rlmesh.specs import EnvContract
 from rlmesh.tensor import Tensor
 from rlmesh.transport import (
     HEARTBEAT_TIMEOUT_MS,
     configure,
+    drain,
     readable,
     receive_message,
     recv_frame,
@@ -78,6 +79,7 @@ class Connection:
         self._channel: ClientChannel | None = None
         self._channel_request = 0  # the id of the request in flight over the channel
         self._channel_resend: Callable[[], list[Any]] | None = None  # its frames, if the server left
+        self._record_frames: RecordFrames | None = None  # steps as single frames (see use_record_frames)
         self._spinner = Spinner(busy_poll_seconds)
         self.send_limits = limits  # narrowed to the server's limits by the handshake
         self.busy_poll_seconds = busy_poll_seconds
@@ -107,8 +109,16 @@ class Connection:
             raise EndpointConnectionError(f"cannot connect to {endpoint}: {error}") from None
 
     def hello_fields(self) -> dict[str, Any]:
-        """Handshake fields asking the server for a shared-memory channel (empty when not wanted)."""
-        return {"shared_memory": True, "step_records": True, "pid": os.getpid()} if self.shared_memory else {}
+        """Handshake fields asking for step record frames, and a shared-memory channel when wanted."""
+        fields: dict[str, Any] = {"socket_records": True}
+        if self.shared_memory:
+            fields.update(shared_memory=True, step_records=True, pid=os.getpid())
+        return fields
+
+    def use_record_frames(self, accepted: bool, contract: EnvContract) -> bool:
+        """Send steps as record frames when the server ``accepted`` them in its handshake reply."""
+        self._record_frames = RecordFrames.for_contract(contract) if accepted else None
+        return self._record_frames is not None
 
     def attach(self, offer: Any, contract: EnvContract | None = None) -> bool:
         """Map the shared-memory region the server offered in its handshake reply.
@@ -186,6 +196,12 @@ class Connection:
                     # Encoded only if the server leaves before reading it (see _await).
                     resend = functools.partial(encode_message, op, request_id, payload, encode_leaf, self.send_limits)
                     self._channel_request, self._channel_resend = request_id, resend
+                    return request_id
+            records = self._record_frames
+            if channel is None and op == p.STEP and records is not None:
+                action = records.record.encode_action(payload, encode_leaf)
+                if action is not None:
+                    send_frames(self._socket, [records.request(action[0], action[1], request_id)])
                     return request_id
             frames = encode_message(op, request_id, payload, encode_leaf, self.send_limits)
             # CLOSE goes over the socket: the server drops the channel while answering it.
@@ -275,7 +291,10 @@ class Connection:
             quiet = not events
             if self._socket in events:
                 first = recv_frame(self._socket)
-                header, reply = receive_message(self._socket, first, decode_leaf, self.limits)
+                if self._record_frames is not None and is_record_frame(first):
+                    header, reply = self._read_record(first, decode_leaf)
+                else:
+                    header, reply = receive_message(self._socket, first, decode_leaf, self.limits)
                 if header.request_id == request_id and header.kind != p.PROBE:
                     self._connected = True
                     return header, reply
@@ -337,6 +356,14 @@ class Connection:
                 self._spin_skip = self._spin_backoff
                 return
         self._spin_backoff = 0
+
+    def _read_record(self, frame: bytes, decode_leaf: Any) -> tuple[Any, Any]:
+        """Decode a step record reply (a single frame: anything after it is drained, and refused)."""
+        records = self._record_frames
+        assert records is not None
+        if drain(self._socket):
+            raise ProtocolError("a step record reply came with extra frames")
+        return records.read_reply(frame, decode_leaf)
 
     def _read_monitor(self) -> None:
         while True:

@@ -49,6 +49,7 @@ def open_session(
         )
         contract = EnvContract.from_dict(hello["contract"])
         connection.attach(hello.get("shared_memory"), contract)
+        connection.use_record_frames(hello.get("socket_records") is True, contract)
         return connection, contract
     except BaseException:
         connection.close()

@@ -53,6 +53,7 @@ from rlmesh.errors import (
     ServerShuttingDownError,
     SessionClosedError,
 )
+from rlmesh.record import is_record_frame, record_header
 from rlmesh.security import EndpointSecurity, KeySource
 from rlmesh.sessions import (
     ACTIVE,
@@ -448,7 +449,8 @@ class EnvServer:
             return  # an empty message: nothing to answer
         request_id = 0
         try:
-            header = parse_header(frames[1], self._limits)
+            first = frames[1]
+            header = record_header(first) if is_record_frame(first) else parse_header(first, self._limits)
             request_id = header.request_id  # so that even a refusal reaches the waiting caller
             total = sum(len(frame) for frame in frames[1:])
             if total > self._limits.max_message_bytes:

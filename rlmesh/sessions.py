@@ -25,6 +25,7 @@ from rlmesh import protocol as p
 from rlmesh.codec import DEFAULT_LIMITS, Header, Limits, decode_frames, encode_message
 from rlmesh.env_runner import EnvRunner, plain_data
 from rlmesh.errors import BadRequestError, ProtocolError, ProtocolVersionError
+from rlmesh.record import RecordFrames, is_record_frame
 from rlmesh.shm.serving import SessionFastPath
 from rlmesh.specs import EnvContract
 from rlmesh.tensor import Tensor
@@ -71,6 +72,8 @@ class SessionWorker:
         self.finished = failure is not None and runner is None
         # Set by serve_session for unix-socket endpoints that offer the shared-memory plane.
         self.fast_path: SessionFastPath | None = None
+        # Steps as single record frames, offered at the handshake (None: spaces need encoding).
+        self.record_frames = RecordFrames.for_contract(contract)
 
     def handle(self, frames: list[Any], header: Header | None = None) -> list[Any]:
         """Answer one request (its frames, header first); returns the reply frames.
@@ -79,7 +82,23 @@ class SessionWorker:
         :attr:`finished` once the session has ended (a ``close`` request, or an env that
         could not be built).
         """
+        if is_record_frame(frames[0]):
+            return self.answer_record(frames)
         return self.answer(lambda: decode_frames(frames, Tensor.numpy, self.limits, header))
+
+    def answer_record(self, frames: list[Any]) -> list[Any]:
+        """Answer a step record frame: with a record frame when the reply fits one, else encoded."""
+        request_id = 0
+        try:
+            records = self.record_frames
+            if records is None or len(frames) != 1:
+                raise ProtocolError("a step record arrived, but this session encodes every step")
+            request_id, action = records.read_request(frames[0])
+            payload = self.step(action)
+        except Exception as error:
+            return self.error_reply(request_id, error)
+        frame = records.reply(request_id, payload)
+        return self.ok_reply(request_id, payload) if frame is None else [frame]
 
     def answer(self, read: Callable[[], tuple[Any, Any]]) -> list[Any]:
         """Answer the request ``read()`` returns as ``(header, payload)``; returns the reply frames."""
@@ -136,6 +155,8 @@ class SessionWorker:
             "max_message_bytes": self.limits.max_message_bytes,
             "max_tensors": self.limits.max_tensors,
         }
+        if payload.get("socket_records"):
+            reply["socket_records"] = self.record_frames is not None
         offer = None if self.fast_path is None else self.fast_path.offer(payload)
         if offer is not None:
             reply["shared_memory"] = offer

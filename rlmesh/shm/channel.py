@@ -20,7 +20,6 @@ import ctypes
 import math
 import os
 import stat
-import struct
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -30,8 +29,8 @@ import numpy as np
 from rlmesh import protocol as p
 from rlmesh.codec import DEFAULT_LIMITS, Header, Limits, decode_body, parse_header
 from rlmesh.errors import ProtocolError
+from rlmesh.record import StepRecord
 from rlmesh.shm.doorbell import Doorbell, Spinner, fence
-from rlmesh.shm.record import StepRecord
 from rlmesh.shm.region import (
     CLIENT_AWAKE,
     MESSAGE,
@@ -137,12 +136,9 @@ class _Channel:
             self.record = None
             return
         self.record = record
-        buffer, count = self.region.mmap, record.lanes or 1
+        buffer = self.region.mmap
         self.action_view = np.ndarray(record.action_shape, record.action_dtype, buffer, layout.request_offset)
-        header = layout.header_offset
-        self.reward_view = np.ndarray((count,), np.float64, buffer, header)
-        self.terminated_view = np.ndarray((count,), np.bool_, buffer, header + 8 * count)
-        self.truncated_view = np.ndarray((count,), np.bool_, buffer, header + 9 * count)
+        self.lane_views = record.lane_views(buffer, layout.header_offset)
         # The observation's place in each reply slot (the server writes there, the client copies from there).
         shape, dtype = record.observation_shape, record.observation_dtype
         self._observation_views = [
@@ -152,7 +148,7 @@ class _Channel:
     def _drop_record_views(self) -> None:
         if self.record is not None:
             self.record = None
-            del self.action_view, self.reward_view, self.terminated_view, self.truncated_view
+            del self.action_view, self.lane_views
             del self._observation_views
 
     def unlink(self) -> None:
@@ -251,14 +247,8 @@ class ServerChannel(_Channel):
         values = None if record is None else record.reply_values(payload)
         if values is None:
             return False
-        observation, reward, terminated, truncated = values
-        np.copyto(self._observation_views[self._request_slot], observation)
-        if record.lanes is None:
-            _ONE_LANE.pack_into(self.view, self.layout.header_offset, reward, terminated, truncated)
-        else:
-            np.copyto(self.reward_view, reward)
-            np.copyto(self.terminated_view, terminated)
-            np.copyto(self.truncated_view, truncated)
+        np.copyto(self._observation_views[self._request_slot], values[0])
+        record.write_header(self.view, self.layout.header_offset, values, self.lane_views)
         words = self.words
         words[REPLY_KIND] = RECORD_ARRAY
         words[REPLY_SLOT] = self._request_slot
@@ -456,18 +446,7 @@ class ClientChannel(_Channel):
         else:
             observation = aligned_empty(shape, dtype)
             np.copyto(observation, self._observation_views[slot])
-        decode = _keep if decode_leaf is None else decode_leaf
-        wrap = Tensor._wrap
-        if record.lanes is None:
-            reward, terminated, truncated = _ONE_LANE.unpack_from(self.view, self.layout.header_offset)
-            return _RECORD, [decode(wrap(observation)), reward, terminated, truncated, {}]
-        values = [decode(wrap(observation))]
-        for view in (self.reward_view, self.terminated_view, self.truncated_view):
-            array = aligned_empty(view.shape, view.dtype)
-            np.copyto(array, view)
-            values.append(decode(wrap(array)))
-        values.append({})
-        return _RECORD, values
+        return _RECORD, record.payload(observation, self.view, self.layout.header_offset, self.lane_views, decode_leaf)
 
     def _free_slot(self) -> int:
         for slot in range(1, len(self.slots)):
@@ -521,14 +500,8 @@ class ClientChannel(_Channel):
         super().close()
 
 
-# A single env's reward, terminated and truncated: the layout of the lane views for one lane.
-_ONE_LANE = struct.Struct("<d??")
 # What a step record reads as: a successful reply (its request id is the one awaited).
 _RECORD = Header(p.OK, 0, [], b"")
-
-
-def _keep(tensor: Tensor) -> Tensor:
-    return tensor
 
 
 def _is_fifo(path: str) -> bool:

@@ -13,9 +13,9 @@ import time
 from typing import Any, Protocol
 
 from rlmesh.codec import DEFAULT_LIMITS, Limits
+from rlmesh.record import StepRecord
 from rlmesh.shm.channel import ServerChannel, space_bytes
 from rlmesh.shm.doorbell import RECHECK_SECONDS, Spinner
-from rlmesh.shm.record import StepRecord
 from rlmesh.shm.region import Layout
 from rlmesh.specs import EnvContract
 

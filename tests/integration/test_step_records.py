@@ -22,6 +22,12 @@ def connection_of(env: object) -> Connection:
     return env._group.members[0].connection  # type: ignore[attr-defined]
 
 
+def encoded(env: Any) -> Any:
+    """Make ``env`` send every step over its socket as an encoded message (the reference path)."""
+    connection_of(env)._record_frames = None
+    return env
+
+
 def reply_kind(env: object) -> int:
     channel = connection_of(env)._channel
     assert channel is not None
@@ -76,7 +82,7 @@ def assert_same(got: list[Any], expected: list[Any]) -> None:
 def test_cartpole_steps_travel_as_records_with_the_values_of_encoded_steps(serve, tmp_path: Path) -> None:
     server = serve("CartPole-v1", f"unix://{tmp_path}/env.sock")
     actions = [int(a) for a in np.random.default_rng(0).integers(0, 2, 300)]
-    with rn.RemoteEnv(server.address) as fast, rn.RemoteEnv(server.address, shared_memory=False) as plain:
+    with rn.RemoteEnv(server.address) as fast, encoded(rn.RemoteEnv(server.address, shared_memory=False)) as plain:
         assert connection_of(fast)._channel.record is not None  # type: ignore[union-attr]
         got, expected = [fast.reset(seed=3)], [plain.reset(seed=3)]
         for action in actions:
@@ -98,7 +104,7 @@ def test_actions_reach_the_env_as_encoded_ones_would(serve, tmp_path: Path) -> N
 
     server = serve(make, f"unix://{tmp_path}/env.sock")
     actions = [3, np.int64(2), np.array(4), np.int32(1), np.array(0, np.int64), np.array([1])[0], np.uint8(2)]
-    with rn.RemoteEnv(server.address) as fast, rn.RemoteEnv(server.address, shared_memory=False) as plain:
+    with rn.RemoteEnv(server.address) as fast, encoded(rn.RemoteEnv(server.address, shared_memory=False)) as plain:
         channel = connection_of(fast)._channel
         assert channel is not None and channel.record is not None
         kinds = []
@@ -130,7 +136,7 @@ def test_array_actions_and_replies_records_cannot_carry(serve, tmp_path: Path) -
         np.array([1.0, 1.0], np.float16),  # widens exactly: a record
         np.array([1, 0], np.int32),  # another kind: encoded
     ] * 3
-    with rn.RemoteEnv(server.address) as fast, rn.RemoteEnv(server.address, shared_memory=False) as plain:
+    with rn.RemoteEnv(server.address) as fast, encoded(rn.RemoteEnv(server.address, shared_memory=False)) as plain:
         kinds = []
         got, expected = [fast.reset(seed=0)], [plain.reset(seed=0)]
         for action in actions:
