@@ -44,7 +44,10 @@ class ActionGate:
         self._check = make_action_checker(spec, num_envs=num_envs)
         self._num_envs = num_envs
         self._spec = spec
-        self._cast = functools.partial(_cast.dispatch(type(spec)), spec, num_envs is not None)
+        if isinstance(spec, DiscreteSpec) and num_envs is None:
+            self._cast = _discrete_scalar(np.dtype(spec.dtype).type)  # the per-step case, bound once
+        else:
+            self._cast = functools.partial(_cast.dispatch(type(spec)), spec, num_envs is not None)
         self._stacks_lists = num_envs is not None and isinstance(spec, _ARRAY_SPECS)
 
     def __call__(self, action: Any) -> Any:
@@ -68,6 +71,18 @@ class ActionGate:
             return np.stack([np.asarray(item) for item in actions])
         except ValueError as error:
             raise InvalidActionError(f"actions {actions!r:.200} are ragged: {error}") from None
+
+
+def _discrete_scalar(scalar: type) -> Any:
+    """The cast of a single Discrete action: a NumPy integer of the space's dtype."""
+
+    def cast(value: Any) -> Any:
+        return scalar(value if type(value) is int else value.item() if isinstance(value, _NUMPY_VALUES) else value)
+
+    return cast
+
+
+_NUMPY_VALUES = (np.ndarray, np.generic)
 
 
 @functools.singledispatch

@@ -468,8 +468,9 @@ class EnvServer:
         op, request_id = header.kind, header.request_id
         if op == p.HELLO:
             if session is None:
-                check_hello(self._small_payload(header))
-                session = self._open_session(identity, frames)
+                hello = self._small_payload(header)
+                check_hello(hello)
+                session = self._open_session(identity, frames, same_host=bool(hello.get("shared_memory")))
                 if session is None:
                     return  # waiting for a single env object to be released
         elif op == p.SHUTDOWN:
@@ -533,7 +534,8 @@ class EnvServer:
         self._stop.set()
         return {"accepted": True, "message": "shutting down"}
 
-    def _open_session(self, identity: bytes, frames: list[Any]) -> _Session | None:
+    def _open_session(self, identity: bytes, frames: list[Any], same_host: bool = False) -> _Session | None:
+        """Open a session; ``same_host``: the client asks for a shared-memory channel."""
         if self._stop.is_set():
             raise ServerShuttingDownError("the server is shutting down")
         if len(self._sessions) >= self._max_sessions:
@@ -548,7 +550,9 @@ class EnvServer:
                 self._move_to_thread(other)
         session = _Session(identity, (next(self._worker_ids)).to_bytes(8, "little"))
         alone = not self._sessions and not self._workers
-        if alone and not self._processes and self._shared_memory_path is None:  # same-host clients use shm
+        # A channel's requests are served by a worker thread polling its doorbell; any other
+        # session alone on a thread-isolated server is served on the front, with no hand-off.
+        if alone and not self._processes and (self._shared_memory_path is None or not same_host):
             session.inline = self._worker_factory()()
             session.ready = True
             self._sessions[identity] = session
