@@ -12,7 +12,7 @@ import pytest
 import zmq
 from envs import DictTupleEnv
 from test_errors import decode_reply, still_serves
-from test_step_records import ActionEcho, assert_same, connection_of, encoded
+from test_step_records import BOX_ACTIONS, ActionEcho, assert_same, connection_of, encoded, side_by_side
 
 import rlmesh
 import rlmesh.jax as rj
@@ -75,10 +75,7 @@ def test_actions_reach_the_env_as_encoded_ones_would(serve) -> None:
     actions = [3, np.int64(2), np.array(4), np.int32(1), np.array(0, np.int64), np.array([1])[0], np.uint8(2)]
     with rn.RemoteEnv(server.address) as framed, encoded(rn.RemoteEnv(server.address)) as plain:
         counter = RecordCounter(framed)
-        got, expected = [framed.reset(seed=0)], [plain.reset(seed=0)]
-        for action in actions:
-            got.append(framed.step(action))
-            expected.append(plain.step(action))
+        got, expected = side_by_side(framed, plain, actions, seed=0)
     framed_env, plain_env = envs
     assert framed_env.seen == plain_env.seen  # Python numbers for scalars, as decoded ones
     assert_same(got, expected)
@@ -94,18 +91,8 @@ def test_box_actions_and_replies_records_cannot_carry(serve) -> None:
         return envs[-1]
 
     server = serve(make)
-    actions = [
-        np.array([0.5, -0.5], np.float32),
-        np.array([0.25, 0.75]),  # float64 does not fit float32 exactly: encoded, cast by the server
-        [0.1, 0.2],
-        np.array([1.0, 1.0], np.float16),  # widens exactly: a record
-        np.array([1, 0], np.int32),  # another kind: encoded
-    ] * 2
     with rn.RemoteEnv(server.address) as framed, encoded(rn.RemoteEnv(server.address)) as plain:
-        got, expected = [framed.reset(seed=0)], [plain.reset(seed=0)]
-        for action in actions:
-            got.append(framed.step(action))
-            expected.append(plain.step(action))
+        got, expected = side_by_side(framed, plain, BOX_ACTIONS * 2, seed=0)
     assert_same(got, expected)
     assert envs[0].seen == envs[1].seen
 

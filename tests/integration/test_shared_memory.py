@@ -17,6 +17,19 @@ from rlmesh import EnvServer, ServeOptions
 from rlmesh.connection import RECONNECT_GRACE_S, Connection
 from rlmesh.shm.region import REQUEST_HEADER_BYTES, REQUEST_SEQ
 
+CHILD_ENV = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[2]))
+
+
+def stepping_client(address: str, backend: str, then: str) -> str:
+    """A client script that steps ``address`` once over the fast path with ``backend``, then runs ``then``."""
+    return (
+        f"import sys, {backend} as rn\n"
+        f"env = rn.RemoteEnv({address!r})\n"
+        "assert env._group.members[0].connection.uses_shared_memory\n"
+        "env.reset(seed=0); env.step(1)\n"
+        f"{then}"
+    )
+
 
 def connection_of(env: object) -> Connection:
     return env._group.members[0].connection  # type: ignore[attr-defined]
@@ -219,17 +232,9 @@ def test_kill_9_of_the_client_leaves_nothing_behind(tmp_path: Path) -> None:
     import sys
 
     server = EnvServer(CountingEnv, f"unix://{tmp_path}/env.sock", options=ServeOptions()).start()
-    script = (
-        "import sys, rlmesh.numpy as rn\n"
-        f"env = rn.RemoteEnv({server.address!r})\n"
-        "assert env._group.members[0].connection.uses_shared_memory\n"
-        "env.reset(seed=0); env.step(1)\n"
-        "print('ready', flush=True)\n"
-        "sys.stdin.read()\n"
-    )
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[2]))
+    script = stepping_client(server.address, "rlmesh.numpy", "print('ready', flush=True)\nsys.stdin.read()\n")
     client = subprocess.Popen(
-        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=CHILD_ENV
     )
     try:
         assert client.stdout.readline().strip() == "ready"
@@ -269,16 +274,10 @@ def test_a_client_left_open_at_interpreter_exit_exits_quietly(tmp_path: Path) ->
     import sys
 
     server = EnvServer(CountingEnv, f"unix://{tmp_path}/env.sock", options=ServeOptions()).start()
-    script = (
-        "import jax, rlmesh.jax as rn\n"
-        f"env = rn.RemoteEnv({server.address!r})\n"
-        "assert env._group.members[0].connection.uses_shared_memory\n"
-        "env.reset(seed=0); env.step(1)\n"
-        "print('stepped', flush=True)\n"  # and exit without closing: __del__ runs at shutdown
-    )
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[2]))
+    # It exits without closing the env: __del__ runs at interpreter shutdown.
+    script = stepping_client(server.address, "rlmesh.jax", "print('stepped', flush=True)\n")
     try:
-        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=CHILD_ENV, timeout=60)
         assert done.returncode == 0 and done.stdout.strip() == "stepped"
         assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr, done.stderr
         assert wait_for(lambda: not server._sessions, 15)  # the server still notices the client left

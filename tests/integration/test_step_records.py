@@ -61,6 +61,25 @@ class ActionEcho(gym.Env):
         return np.array([self._t, value, 0.25], np.float32), 1.0, self._t % 4 == 0, False, {}
 
 
+# Actions for a float32 Box of shape (2,), some of which a record cannot carry.
+BOX_ACTIONS = [
+    np.array([0.5, -0.5], np.float32),
+    np.array([0.25, 0.75]),  # float64 does not fit float32 exactly: encoded, cast by the server
+    [0.1, 0.2],
+    np.array([1.0, 1.0], np.float16),  # widens exactly: a record
+    np.array([1, 0], np.int32),  # another kind: encoded
+]
+
+
+def side_by_side(first: Any, second: Any, actions: list[Any], seed: int) -> tuple[list[Any], list[Any]]:
+    """Reset both envs with ``seed`` and step both with each action; their results."""
+    got, expected = [first.reset(seed=seed)], [second.reset(seed=seed)]
+    for action in actions:
+        got.append(first.step(action))
+        expected.append(second.step(action))
+    return got, expected
+
+
 def run(env: Any, actions: list[Any]) -> list[Any]:
     out: list[Any] = [env.reset(seed=0)]
     for action in actions:
@@ -129,13 +148,7 @@ def test_array_actions_and_replies_records_cannot_carry(serve, tmp_path: Path) -
         return envs[-1]
 
     server = serve(make, f"unix://{tmp_path}/env.sock")
-    actions = [
-        np.array([0.5, -0.5], np.float32),
-        np.array([0.25, 0.75]),  # float64 does not fit float32 exactly: encoded, cast by the server
-        [0.1, 0.2],
-        np.array([1.0, 1.0], np.float16),  # widens exactly: a record
-        np.array([1, 0], np.int32),  # another kind: encoded
-    ] * 3
+    actions = BOX_ACTIONS * 3
     with rn.RemoteEnv(server.address) as fast, encoded(rn.RemoteEnv(server.address, shared_memory=False)) as plain:
         kinds = []
         got, expected = [fast.reset(seed=0)], [plain.reset(seed=0)]
