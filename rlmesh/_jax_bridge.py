@@ -74,8 +74,10 @@ def asarray(tensor: Tensor | bool | int | float) -> Any:
             array; any other DLPack producer is accepted too).
 
     Returns:
-        JAX array imported over DLPack. XLA shares 64-byte-aligned buffers (every rlmesh
-        Tensor's storage) and copies otherwise; either way the result is immutable. With
+        JAX array sharing the tensor's memory (jaxlib's aliasing import, else DLPack),
+        uncommitted like ``jnp.asarray`` of a NumPy array. XLA shares 64-byte-aligned
+        buffers (every rlmesh Tensor's storage) and copies otherwise; either way the result
+        is immutable. With
         ``jax_enable_x64`` off, int64/uint64/float64 tensors come back as int32/uint32/float32
         copies (JAX's own demotion: values outside the 32-bit range wrap).
 

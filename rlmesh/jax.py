@@ -6,9 +6,11 @@ fails; constructing a client or calling a helper raises the ImportError from
 
 Conversion semantics:
 
-* :func:`asarray` imports a tensor over DLPack. XLA shares rlmesh's 64-byte-aligned buffers
-  zero-copy (a decoded observation's ``unsafe_buffer_pointer()`` is the receive buffer) and
-  copies otherwise; JAX arrays are immutable either way, so there is no mutation hazard.
+* :func:`asarray` imports a tensor without a copy (jaxlib's aliasing import, else DLPack).
+  XLA shares rlmesh's 64-byte-aligned buffers zero-copy (a decoded observation's
+  ``unsafe_buffer_pointer()`` is the receive buffer) and copies otherwise; JAX arrays are
+  immutable either way, so there is no mutation hazard. Decoded arrays are uncommitted, like
+  ``jnp.asarray`` of a NumPy array.
 * :func:`from_array` moves the array to the CPU if needed, blocks until it is ready and copies
   the elements into a fresh Tensor; 0-d arrays become Python primitives; bfloat16 is refused.
 * int64, uint64 and float64 need ``jax.config.update("jax_enable_x64", True)``. Without it
