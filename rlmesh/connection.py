@@ -46,8 +46,9 @@ _CHANNEL_CHECK_S = 1.0
 # After a spin that the reply did not end, skip spinning for this many requests (doubling
 # up to the maximum while spins keep missing): a server in this very process, or more busy
 # processes than cores, makes spinning a loss.
-_SPIN_BACKOFF_MIN = 8
-_SPIN_BACKOFF_MAX = 1024
+# Weight of the newest reply in the average round trip that decides whether to spin: a few
+# slow replies stop spinning, a few fast ones bring it back.
+_ROUND_TRIP_WEIGHT = 0.25
 
 _CONNECTED = zmq.EVENT_HANDSHAKE_SUCCEEDED
 _DISCONNECTED = zmq.EVENT_DISCONNECTED
@@ -83,8 +84,8 @@ class Connection:
         self._spinner = Spinner(busy_poll_seconds)
         self.send_limits = limits  # narrowed to the server's limits by the handshake
         self.busy_poll_seconds = busy_poll_seconds
-        self._spin_skip = 0
-        self._spin_backoff = 0
+        self._sent_at = 0.0  # when the last request went over the socket
+        self._round_trip = 0.0  # the average round trip over the socket (seconds)
         self._disconnects = 0
         self._session_open = False
         context = shared_context()
@@ -201,6 +202,7 @@ class Connection:
             if channel is None and op == p.STEP and records is not None:
                 action = records.record.encode_action(payload, encode_leaf)
                 if action is not None:
+                    self._sent_at = time.perf_counter()
                     send_frames(self._socket, [records.request(action[0], action[1], request_id)])
                     return request_id
             frames = encode_message(op, request_id, payload, encode_leaf, self.send_limits)
@@ -208,6 +210,7 @@ class Connection:
             if channel is not None and op != p.CLOSE and channel.send(frames):
                 self._channel_request, self._channel_resend = request_id, lambda: frames
             else:
+                self._sent_at = time.perf_counter()
                 send_frames(self._socket, frames)
             return request_id
 
@@ -296,6 +299,7 @@ class Connection:
                 else:
                     header, reply = receive_message(self._socket, first, decode_leaf, self.limits)
                 if header.request_id == request_id and header.kind != p.PROBE:
+                    self._timed_reply()
                     self._connected = True
                     return header, reply
                 continue  # a late reply to an abandoned request, or a liveness probe
@@ -335,16 +339,14 @@ class Connection:
         A blocked thread on an idle core takes tens of microseconds to wake up; for fast envs
         that is most of a round trip. Spinning for up to ``busy_poll_seconds`` (checking the
         socket's EVENTS, which also lets ZeroMQ process its I/O notifications) roughly halves
-        step latency at the cost of one busy core while a reply is awaited. A spin that ends
-        without the reply means the reply is slow (a slow env, a server in this process
-        waiting for the GIL, more busy processes than cores): spinning then only burns CPU
-        others need, so it pauses for a number of requests that doubles while spins miss.
-        Nor does it spin while more threads are runnable than there are cores.
+        step latency at the cost of one busy core while a reply is awaited. It only pays
+        when replies come within that window: every reply's round trip feeds an average,
+        and while the average is longer (a slow env, a server shared by many clients, a
+        server in this process waiting for the GIL) the client does not spin at all, so it
+        never burns CPU that others need. Nor does it spin while more threads are runnable
+        than there are cores.
         """
-        if self.busy_poll_seconds <= 0:
-            return
-        if self._spin_skip:
-            self._spin_skip -= 1
+        if self.busy_poll_seconds <= 0 or self._round_trip > self.busy_poll_seconds:
             return
         if MACHINE_LOAD.oversubscribed():
             return
@@ -352,10 +354,12 @@ class Connection:
         end = clock() + self.busy_poll_seconds
         while not readable(socket):
             if clock() >= end:
-                self._spin_backoff = min(max(2 * self._spin_backoff, _SPIN_BACKOFF_MIN), _SPIN_BACKOFF_MAX)
-                self._spin_skip = self._spin_backoff
                 return
-        self._spin_backoff = 0
+
+    def _timed_reply(self) -> None:
+        """Fold the round trip of the reply just received into the average :meth:`_spin` uses."""
+        took = time.perf_counter() - self._sent_at
+        self._round_trip += (took - self._round_trip) * _ROUND_TRIP_WEIGHT
 
     def _read_record(self, frame: bytes, decode_leaf: Any) -> tuple[Any, Any]:
         """Decode a step record reply (a single frame: anything after it is drained, and refused)."""

@@ -397,3 +397,23 @@ def test_a_lone_slow_session_moves_off_the_front_before_others_arrive(serve) -> 
     crawler.join()
     assert len(latencies) >= 10 and statistics.median(latencies) < 0.1
     slow.close()
+
+
+def test_clients_spin_only_while_replies_come_within_the_spin_window(serve_process) -> None:
+    server = serve_process("envs:SleepyEnv")
+    with rn.RemoteEnv(server.address) as env:  # the default busy-poll
+        connection = env._group.members[0].connection
+        env.reset(seed=0)
+        for _ in range(20):
+            env.step(0)  # answered at once
+        fast = connection._round_trip
+        assert 0 < fast < 0.05
+        for _ in range(3):
+            env.step(1)  # half a second each: spinning would only burn CPU
+        assert connection._round_trip > connection.busy_poll_seconds
+        cpu = time.process_time()
+        connection._spin()  # returns at once, though no reply is waiting
+        assert time.process_time() - cpu < connection.busy_poll_seconds
+        for _ in range(40):
+            env.step(0)  # fast again: the average follows, and spinning resumes once it is short
+        assert connection._round_trip < 0.05
