@@ -2,7 +2,8 @@
 
 One training process at a time. For each (mode, seed) the example writes its own
 ``metrics.json``; this script collects the summaries into ``results.json`` and a markdown
-table ``results.md`` in ``--out-dir`` (default ``runs/ppo_cartpole_seeds/<timestamp>``), with
+table ``results.md`` in ``--out-dir`` (default ``runs/ppo_cartpole_seeds/<timestamp>``), and
+copies both to ``benchmarks/results/ppo_cartpole_seeds.{json,md}``, with
 the training env-steps/s of every mode side by side (same hyperparameters in every mode)::
 
     python -m benchmarks.ppo_cartpole_seeds --modes local embedded two-servers double-buffer --seeds 1 2 3 4 5
@@ -25,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from benchmarks import harness
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ppo_cartpole.py"
 MODE_FLAGS = {
@@ -134,6 +137,10 @@ def main() -> None:
     table = markdown(rows)
     (out_dir / "results.md").write_text(table)
     print(table)
+    # The committed copy, beside the other benchmarks' results.
+    path = harness.write_json("ppo_cartpole_seeds", {"modes": args.modes, "seeds": args.seeds, "rows": rows})
+    path.with_suffix(".md").write_text(table)
+    print(f"wrote {out_dir}/results.json and {path}")
 
 
 if __name__ == "__main__":
