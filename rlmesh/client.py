@@ -42,8 +42,10 @@ class _RemoteBase(Generic[ObsT, ActT]):
         validate_observations: Check decoded observations against the observation space.
         busy_poll_seconds: Spin up to this long for each reply before sleeping (0 disables).
             Halves round-trip latency where thread wake-ups are slow, at the cost of a busy
-            core while a reply is awaited. None (default): 1 ms for one endpoint, 0 for
-            several joined ones, whose servers need the cores a spinning client would take.
+            core while a reply is awaited; the client spins only while its replies have been
+            coming within this window, and not on an oversubscribed machine. None
+            (default): 1 ms for one endpoint, 0 for several joined ones, whose servers need
+            the cores a spinning client would take.
         curve_server_key: The server's CURVE public key (z85 text or its certificate file);
             with ``curve_secret_key``, authenticates and encrypts the connection.
         curve_secret_key: This client's secret certificate file (``rlmesh keygen``); the
