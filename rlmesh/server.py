@@ -70,6 +70,7 @@ from rlmesh.shm import remove_stale
 from rlmesh.transport import NOBLOCK, configure, readable, recv_frames, send_frames, shared_context
 
 log = logging.getLogger("rlmesh.server")
+_BACKEND_NAMES = itertools.count(1)  # inproc names for thread-isolated servers' session backends
 
 _POLL_MS = 50
 _PROBE_INTERVAL_S = 5.0
@@ -337,7 +338,9 @@ class EnvServer:
 
     def _bind_backend(self) -> str:
         if not self._processes:
-            endpoint = f"inproc://rlmesh-sessions-{id(self):x}"
+            # Unique per server for the process's lifetime: a name from id(self) could be
+            # reused by a new server while a freed one's socket still holds it.
+            endpoint = f"inproc://rlmesh-sessions-{os.getpid()}-{next(_BACKEND_NAMES)}"
             self._backend.bind(endpoint)
             return endpoint
         self._backend_dir = tempfile.mkdtemp(prefix="rlmesh-")
