@@ -31,19 +31,28 @@ _fast: Callable[[np.ndarray], Any] | None = None
 _probed = False
 
 
-def _device_put_import(jax: Any, device: Any, sharding: Any) -> Callable[[np.ndarray], Any]:
-    """jaxlib's batched device put: zero-copy for aligned host memory, uncommitted, ~4 us."""
-    from jax._src.lib import xla_client
+def _aval_cache(jax: Any) -> Callable[[np.ndarray], Any]:
+    """``aval_of(array)``, cached by shape and dtype: building one costs about as much as an import."""
+    avals: dict[tuple[Any, ...], Any] = {}
 
-    put = xla_client.batched_device_put
-    avals: dict[tuple[Any, ...], Any] = {}  # building an aval costs about as much as the import
-
-    def fast(array: np.ndarray) -> Any:
+    def aval_of(array: np.ndarray) -> Any:
         key = (array.shape, array.dtype)
         aval = avals.get(key)
         if aval is None:
             aval = avals[key] = jax.core.ShapedArray(array.shape, array.dtype)
-        return put(aval, sharding, [array], [device], False)
+        return aval
+
+    return aval_of
+
+
+def _device_put_import(jax: Any, device: Any, sharding: Any) -> Callable[[np.ndarray], Any]:
+    """jaxlib's batched device put: zero-copy for aligned host memory, uncommitted, ~4 us."""
+    from jax._src.lib import xla_client
+
+    put, aval_of = xla_client.batched_device_put, _aval_cache(jax)
+
+    def fast(array: np.ndarray) -> Any:
+        return put(aval_of(array), sharding, [array], [device], False)
 
     return fast
 
@@ -64,15 +73,10 @@ def _dlpack_import(jax: Any, device: Any, sharding: Any) -> Callable[[np.ndarray
         def committed(array: np.ndarray) -> Any:
             return to_buffer(array.__dlpack__(), device, None, None)
 
-    avals: dict[tuple[Any, ...], Any] = {}
+    aval_of = _aval_cache(jax)
 
     def fast(array: np.ndarray) -> Any:
-        buffer = committed(array)
-        key = (array.shape, array.dtype)
-        aval = avals.get(key)
-        if aval is None:
-            aval = avals[key] = buffer.aval
-        return ArrayImpl(aval, sharding, [buffer], False, True)  # uncommitted, no re-checks
+        return ArrayImpl(aval_of(array), sharding, [committed(array)], False, True)  # uncommitted, no re-checks
 
     return fast
 

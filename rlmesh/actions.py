@@ -45,7 +45,7 @@ class ActionGate:
         self._num_envs = num_envs
         self._spec = spec
         if isinstance(spec, DiscreteSpec) and num_envs is None:
-            self._cast = _discrete_scalar(np.dtype(spec.dtype).type)  # the per-step case, bound once
+            self._cast = functools.partial(_discrete_scalar, np.dtype(spec.dtype).type)  # dtype bound once
         else:
             self._cast = functools.partial(_cast.dispatch(type(spec)), spec, num_envs is not None)
         self._stacks_lists = num_envs is not None and isinstance(spec, _ARRAY_SPECS)
@@ -73,13 +73,9 @@ class ActionGate:
             raise InvalidActionError(f"actions {actions!r:.200} are ragged: {error}") from None
 
 
-def _discrete_scalar(scalar: type) -> Any:
-    """The cast of a single Discrete action: a NumPy integer of the space's dtype."""
-
-    def cast(value: Any) -> Any:
-        return scalar(value if type(value) is int else value.item() if isinstance(value, _NUMPY_VALUES) else value)
-
-    return cast
+def _discrete_scalar(scalar: type, value: Any) -> Any:
+    """A single Discrete action as a NumPy integer of the space's dtype (``scalar``)."""
+    return scalar(value if type(value) is int else value.item() if isinstance(value, _NUMPY_VALUES) else value)
 
 
 _NUMPY_VALUES = (np.ndarray, np.generic)
@@ -100,7 +96,7 @@ def _(spec: DiscreteSpec, batched: bool, value: Any) -> Any:
     if batched:
         value = np.asarray(value)
         return value if value.dtype == dtype else value.astype(dtype)
-    return dtype.type(value.item() if isinstance(value, np.ndarray | np.generic) else value)
+    return _discrete_scalar(dtype.type, value)
 
 
 @_cast.register

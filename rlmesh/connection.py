@@ -43,9 +43,6 @@ RECONNECT_GRACE_S = 2 * HEARTBEAT_TIMEOUT_MS / 1000
 DEFAULT_BUSY_POLL_SECONDS = 0.001
 # How often a reply awaited over shared memory checks that the serving process still exists.
 _CHANNEL_CHECK_S = 1.0
-# After a spin that the reply did not end, skip spinning for this many requests (doubling
-# up to the maximum while spins keep missing): a server in this very process, or more busy
-# processes than cores, makes spinning a loss.
 # Weight of the newest reply in the average round trip that decides whether to spin: a few
 # slow replies stop spinning, a few fast ones bring it back.
 _ROUND_TRIP_WEIGHT = 0.25

@@ -249,7 +249,7 @@ class RecordFrames:
         Raises:
             ProtocolError: for a frame of the wrong size or kind.
         """
-        tag, kind, request_id = self._head(frame, len(self._reply), (_REPLY,))
+        request_id = self._head(frame, len(self._reply), (_REPLY,))[1]
         record = self.record
         observation = aligned_empty(record.observation_shape, record.observation_dtype)
         observation.reshape(-1).view(np.uint8)[:] = np.frombuffer(
@@ -265,7 +265,7 @@ class RecordFrames:
         Raises:
             ProtocolError: for a frame of the wrong size or kind.
         """
-        _, kind, request_id = self._head(frame, len(self._request), (_SCALAR, _ARRAY))
+        kind, request_id = self._head(frame, len(self._request), (_SCALAR, _ARRAY))
         record = self.record
         action = np.frombuffer(frame, record.action_dtype, math.prod(record.action_shape), _FRAME_HEAD.size)
         if kind == _SCALAR:
@@ -284,9 +284,9 @@ class RecordFrames:
         return bytes(self._reply)
 
     @staticmethod
-    def _head(frame: Any, size: int, kinds: tuple[int, ...]) -> tuple[int, int, int]:
-        """Tag, kind and request id of a record frame (at least a head long: see is_record_frame)."""
-        tag, kind, request_id = _FRAME_HEAD.unpack_from(frame)
+    def _head(frame: Any, size: int, kinds: tuple[int, ...]) -> tuple[int, int]:
+        """Kind and request id of a record frame (at least a head long: see is_record_frame)."""
+        _, kind, request_id = _FRAME_HEAD.unpack_from(frame)
         error = None
         if len(frame) != size:
             error = ProtocolError(f"step record frame of {len(frame)} bytes; this session's records take {size}")
@@ -295,17 +295,11 @@ class RecordFrames:
         if error is not None:
             error.request_id = request_id  # type: ignore[attr-defined]  # the refusal reaches the caller
             raise error
-        return tag, kind, request_id
+        return kind, request_id
 
 
 def record_header(frame: Any) -> Header:
-    """A record frame's request as a header (a step, with its request id), for routing.
-
-    Raises:
-        ProtocolError: when the frame is too short to hold a record head.
-    """
-    if len(frame) < _FRAME_HEAD.size:
-        raise ProtocolError(f"step record frame of {len(frame)} bytes is shorter than its head")
+    """A record frame's request (``is_record_frame(frame)``) as a header: a step, with its id."""
     return Header(p.STEP, _FRAME_HEAD.unpack_from(frame)[2], [], b"")
 
 
