@@ -159,8 +159,8 @@ class JitVectorEnv:
 
     Example:
         >>> jenv = JitVectorEnv(env)                                   # doctest: +SKIP
-        >>> handle, obs = jax.jit(jenv.reset, static_argnames="seed")(jenv.handle(), seed=0)
-        >>> handle, step = jax.jit(jenv.step)(handle, jnp.zeros(4, jnp.int32))
+        >>> handle, obs = jax.jit(jenv.reset, static_argnames="seed")(jenv.handle(), seed=0)  # doctest: +SKIP
+        >>> handle, step = jax.jit(jenv.step)(handle, jnp.zeros(4, jnp.int32))  # doctest: +SKIP
     """
 
     def __init__(self, env: Any) -> None:

@@ -1,9 +1,13 @@
 """Start ``rlmesh serve`` as a subprocess, wait until it serves, and stop it when done.
 
 Example:
-    >>> from rlmesh.launch import launch_server                       # doctest: +SKIP
-    >>> with launch_server("CartPole-v1", num_envs=16, servers=2) as server:
-    ...     env = rlmesh.numpy.RemoteVectorEnv(server.addresses)    # 16 lanes over 2 processes
+    >>> import rlmesh.numpy
+    >>> from rlmesh.launch import launch_server
+    >>> with launch_server("CartPole-v1", num_envs=4, servers=2) as server:
+    ...     with rlmesh.numpy.RemoteVectorEnv(server.addresses) as env:  # 4 lanes over 2 processes
+    ...         observations, infos = env.reset(seed=0)
+    >>> observations.shape
+    (4, 4)
 """
 
 from __future__ import annotations

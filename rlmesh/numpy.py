@@ -1,8 +1,8 @@
 """The NumPy backend: tensor leaves decode to writable NumPy arrays sharing the receive buffer.
 
 Example:
-    >>> import rlmesh.numpy as rn                                  # doctest: +SKIP
-    >>> with rn.RemoteEnv("tcp://127.0.0.1:5555") as env:
+    >>> import rlmesh.numpy as rn
+    >>> with rn.RemoteEnv("tcp://127.0.0.1:5555") as env:  # doctest: +SKIP
     ...     obs, info = env.reset(seed=0)
     ...     obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
 """

@@ -5,7 +5,7 @@
 node's address and reports it. Drive them all with one ``RemoteVectorEnv``:
 
     >>> from rlmesh.integrations.ray import launch_servers          # doctest: +SKIP
-    >>> with launch_servers("CartPole-v1", num_servers=4, num_envs=8) as servers:
+    >>> with launch_servers("CartPole-v1", num_servers=4, num_envs=8) as servers:  # doctest: +SKIP
     ...     env = rlmesh.numpy.RemoteVectorEnv(servers.addresses)
 
 Needs ``pip install "rlmesh[ray]"``. :mod:`.namespace` runs a command inside a network

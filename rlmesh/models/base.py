@@ -112,7 +112,7 @@ class ModelBase(Generic[ObsT, ActT]):
 
     Example:
         >>> model = rlmesh.numpy.Model(lambda obs: int(obs[2] > 0))  # doctest: +SKIP
-        >>> print(model.run("tcp://127.0.0.1:5555", seeds=range(20)).summary())
+        >>> print(model.run("tcp://127.0.0.1:5555", seeds=range(20)).summary())  # doctest: +SKIP
     """
 
     bridge: ClassVar[Bridge] = TENSOR_BRIDGE
