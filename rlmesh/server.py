@@ -59,6 +59,8 @@ from rlmesh.sessions import (
     ACTIVE,
     DONE,
     READY,
+    RELEASE,
+    RELEASED,
     STOP,
     SessionWorker,
     build_worker,
@@ -105,7 +107,9 @@ class ServeOptions:
             full" error. Lowered at start when the open-file limit cannot hold that many.
         send_timeout_seconds: Drop a client that has not read its replies for this long
             (its env is closed and the drop is logged).
-        isolation: ``"thread"`` runs each session's env in its own thread; ``"process"`` (env
+        isolation: ``"thread"`` runs each session's env in its own thread (a session alone
+            on the server is served by the server's own thread, with no hand-off per
+            request, and goes back to it when the others have left); ``"process"`` (env
             factories only) in its own child process, so sessions use several cores and an
             env that crashes ends its own session only.
         curve_secret_key: The server's secret certificate file (``rlmesh keygen``); with
@@ -165,13 +169,16 @@ class _Session:
         "blocked_since",
         "closing",
         "dropped",
+        "handback",
         "identity",
         "in_flight",
         "inline",
         "last_seen",
+        "pinned",
         "process",
         "queued",
         "ready",
+        "releasing",
         "thread",
         "unsent",
         "worker_id",
@@ -191,6 +198,10 @@ class _Session:
         self.thread: threading.Thread | None = None
         self.process: Any = None
         self.inline: SessionWorker | None = None  # served on the front thread itself
+        self.handback: list[SessionWorker] = []  # where its thread worker puts itself on RELEASE
+        self.releasing = False  # RELEASE sent: requests queue until the worker is back
+        # Stays on a worker thread: a step too slow for the front, or a shared-memory channel.
+        self.pinned = False
 
 
 def _as_factory(env: Any) -> Callable[[], Any] | None:
@@ -569,8 +580,13 @@ class EnvServer:
             else:
                 self._start_process(session)
         else:
+            session.pinned = self._shared_memory_path is not None and same_host
             session.thread = start_thread_worker(
-                self._worker_factory(), self._backend_endpoint, session.worker_id, self._shared_memory_path
+                self._worker_factory(),
+                self._backend_endpoint,
+                session.worker_id,
+                self._shared_memory_path,
+                session.handback,
             )
         self._sessions[identity] = session
         self._workers[session.worker_id] = session
@@ -581,8 +597,47 @@ class EnvServer:
         worker, session.inline = session.inline, None
         assert worker is not None
         session.ready = False  # until the thread says READY; requests queue meanwhile
-        session.thread = start_thread_worker(lambda: worker, self._backend_endpoint, session.worker_id)
+        # A fresh routing id: a thread that served this session before may still be leaving.
+        session.worker_id = next(self._worker_ids).to_bytes(8, "little")
+        session.thread = start_thread_worker(
+            lambda: worker, self._backend_endpoint, session.worker_id, handback=session.handback
+        )
         self._workers[session.worker_id] = session
+
+    def _release_lone_session(self) -> None:
+        """Bring a session left alone on a worker thread back to the front (no hand-offs per step).
+
+        Sessions move to threads when a second one opens; once the others are gone, the one
+        left asks its thread for its worker back, unless it is pinned there.
+        """
+        if len(self._sessions) != 1 or len(self._workers) != 1 or self._processes or self._stop.is_set():
+            return
+        session = next(iter(self._sessions.values()))
+        if session.thread is None or session.pinned or session.releasing or session.closing or not session.ready:
+            return
+        try:
+            send_frames(self._backend, [session.worker_id, RELEASE], NOBLOCK)
+        except zmq.ZMQError:
+            return
+        session.releasing = True
+        session.ready = False  # requests queue until the worker is back
+
+    def _worker_released(self, session: _Session) -> None:
+        """The thread worker of ``session`` ended and handed its worker back: serve it inline."""
+        self._workers.pop(session.worker_id, None)
+        session.thread, session.releasing = None, False
+        worker = session.handback.pop() if session.handback else None
+        if worker is None or self._sessions.get(session.identity) is not session:
+            if worker is not None:
+                worker.close()  # the session ended meanwhile
+            self._worker_done(session)
+            return
+        session.inline, session.ready = worker, True
+        session.in_flight.clear()  # the thread answered every request it had before RELEASE
+        if len(self._sessions) > 1 or self._workers:
+            self._move_to_thread(session)  # another session opened meanwhile
+        else:
+            self._flush_queue(session)
 
     def _serve_inline(self, session: _Session, frames: list[Any], header: Header | None = None) -> None:
         worker = session.inline
@@ -594,6 +649,7 @@ class EnvServer:
         if worker.finished:
             self._end_session(session, "its client closed it")
         elif took > _INLINE_MAX_S and session.inline is worker:
+            session.pinned = True
             self._move_to_thread(session)
 
     def _worker_factory(self) -> Callable[[], SessionWorker]:
@@ -667,12 +723,14 @@ class EnvServer:
         session = self._workers.get(worker_id)
         if session is None:
             return
-        if len(frames) == 2 and frames[1] in (READY, DONE, ACTIVE):
+        if len(frames) == 2 and frames[1] in (READY, DONE, ACTIVE, RELEASED):
             if frames[1] == ACTIVE:
                 session.last_seen = time.monotonic()
             elif frames[1] == READY:
                 session.ready = True
                 self._flush_queue(session)
+            elif frames[1] == RELEASED:
+                self._worker_released(session)
             else:
                 self._worker_done(session)
             return
@@ -808,6 +866,7 @@ class EnvServer:
             for session in list(self._workers.values()):
                 if session.process is not None and not session.process.is_alive():
                     self._worker_died(session)
+        self._release_lone_session()
 
     # -- cleanup ------------------------------------------------------------------------
     def _close_runner(self, runner: EnvRunner | None) -> None:
@@ -841,6 +900,8 @@ class EnvServer:
                     self._end_session(session, "the server is shutting down")  # it missed the first stop
                 elif session is not None and len(frames) == 2 and frames[1] == DONE:
                     self._worker_done(session)
+                elif session is not None and len(frames) == 2 and frames[1] == RELEASED:
+                    self._worker_released(session)  # it left before the stop: closes the env
             for session in list(self._workers.values()):
                 if session.process is not None and not session.process.is_alive():
                     self._worker_done(session)

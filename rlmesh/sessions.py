@@ -37,6 +37,8 @@ READY = b"\x00ready"  # worker -> front: the env is built (or failed); send requ
 DONE = b"\x00done"  # worker -> front: the env is closed, the worker has ended
 ACTIVE = b"\x00active"  # worker -> front: requests arrive over shared memory (not idle)
 STOP = b"\x00stop"  # front -> worker: close the env and end
+RELEASE = b"\x00release"  # front -> thread worker: end, handing the worker (env open) back
+RELEASED = b"\x00released"  # thread worker -> front: the worker is in the hand-back list
 
 _PARENT_CHECK_MS = 1000
 
@@ -242,6 +244,7 @@ def serve_session(
     context: zmq.Context | None = None,
     parent_pid: int | None = None,
     shared_memory_path: str | None = None,
+    handback: list[SessionWorker] | None = None,
 ) -> None:
     """Run one session: build the worker, then answer requests from the front until done.
 
@@ -253,11 +256,14 @@ def serve_session(
         parent_pid: In a child process, the server's pid: the worker ends if it goes away.
         shared_memory_path: The public unix socket's path when the server offers clients a
             shared-memory channel (created beside it); None serves over the socket only.
+        handback: Where a thread worker asked to :data:`RELEASE` its session puts the worker
+            (its env still open) before it answers :data:`RELEASED` and ends.
     """
     socket = configure((context or shared_context()).socket(zmq.DEALER))
     socket.setsockopt(zmq.ROUTING_ID, worker_id)
     socket.connect(endpoint)
     worker: SessionWorker | None = None
+    ended = DONE
     try:
         worker = worker_factory()
         if shared_memory_path is not None:
@@ -287,6 +293,10 @@ def serve_session(
             frames = recv_frames(socket, copied=1)
             if len(frames) == 1 and frames[0] == STOP:
                 break
+            if len(frames) == 1 and frames[0] == RELEASE and handback is not None and worker.fast_path is None:
+                handback.append(worker)
+                worker, ended = None, RELEASED
+                break
             if fast is not None and fast.has_request(spin=False):
                 _serve_fast_path(worker, fast, socket)  # written before this one was sent
             reply = worker.handle(frames)
@@ -299,10 +309,10 @@ def serve_session(
         if worker is not None:
             worker.close()
         try:
-            socket.send(DONE, zmq.NOBLOCK)
+            socket.send(ended, zmq.NOBLOCK)
         except zmq.ZMQError:
             pass
-        socket.close(linger=1000 if parent_pid is not None else 0)
+        socket.close(linger=1000 if parent_pid is not None or ended == RELEASED else 0)
 
 
 def _serve_fast_path(worker: SessionWorker, fast: SessionFastPath, socket: zmq.Socket) -> None:
@@ -319,12 +329,13 @@ def start_thread_worker(
     endpoint: str,
     worker_id: bytes,
     shared_memory_path: str | None = None,
+    handback: list[SessionWorker] | None = None,
 ) -> threading.Thread:
-    """Serve one session in a daemon thread of this process."""
+    """Serve one session in a daemon thread of this process (``handback``: see :func:`serve_session`)."""
     thread = threading.Thread(
         target=serve_session,
         args=(worker_factory, endpoint, worker_id),
-        kwargs={"shared_memory_path": shared_memory_path},
+        kwargs={"shared_memory_path": shared_memory_path, "handback": handback},
         name="rlmesh-session",
         daemon=True,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import Any
 
@@ -198,6 +199,26 @@ class SleepyEnv(CrashingEnv):
         if int(action) == 1:
             time.sleep(0.5)
         return np.zeros(4, np.float32), 1.0, False, False, {}
+
+
+class ThreadReportingEnv(gym.Env):
+    """Counts its steps (the observation) and names the thread that stepped it (``info``)."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self) -> None:
+        self.observation_space = spaces.Box(0.0, 1e9, (1,), np.float32)
+        self.action_space = spaces.Discrete(2)
+        self._t = 0
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
+        super().reset(seed=seed)
+        self._t = 0
+        return np.zeros(1, np.float32), {"thread": threading.current_thread().name}
+
+    def step(self, action: Any) -> Any:
+        self._t += 1
+        return np.full(1, self._t, np.float32), 0.0, False, False, {"thread": threading.current_thread().name}
 
 
 class ExitingEnv(CrashingEnv):

@@ -14,7 +14,7 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
-from envs import ImageEnv, SleepyEnv
+from envs import ImageEnv, SleepyEnv, ThreadReportingEnv
 
 import rlmesh
 import rlmesh.numpy as rn
@@ -417,3 +417,35 @@ def test_clients_spin_only_while_replies_come_within_the_spin_window(serve_proce
         for _ in range(40):
             env.step(0)  # fast again: the average follows, and spinning resumes once it is short
         assert connection._round_trip < 0.05
+
+
+def test_a_session_left_alone_moves_back_to_the_front_thread_with_its_env(serve) -> None:
+    """Sessions move to worker threads when a second one opens, and back when it has gone."""
+    server = serve(ThreadReportingEnv)
+    steps = 0
+
+    def step(env: rn.RemoteEnv) -> str:
+        nonlocal steps
+        observation, _, _, _, info = env.step(0)
+        steps += 1
+        assert observation[0] == steps, "the session's env was replaced or reset on the way"
+        return info["thread"]
+
+    with rn.RemoteEnv(server.address) as first:
+        first.reset(seed=0)
+        front = step(first)
+        assert front.startswith("rlmesh-server")
+        with rn.RemoteEnv(server.address) as second:
+            second.reset(seed=0)
+            assert step(first) == "rlmesh-session"
+            second.step(0)
+        deadline = time.monotonic() + 5.0
+        while step(first) != front:
+            assert time.monotonic() < deadline, "the lone session stayed on its worker thread"
+            time.sleep(0.01)
+        with rn.RemoteEnv(server.address) as third:  # and out again for a newcomer
+            third.reset(seed=0)
+            assert step(first) == "rlmesh-session"
+            assert third.step(1)[0][0] == 1
+        step(first)
+    still_serves(server.address)
