@@ -169,6 +169,7 @@ class _Session:
         "blocked_since",
         "closing",
         "dropped",
+        "forwarded_at",
         "handback",
         "identity",
         "in_flight",
@@ -191,6 +192,7 @@ class _Session:
         self.ready = False  # the worker announced itself: requests can go to it
         self.closing = False  # a close request was forwarded
         self.in_flight: deque[int] = deque()  # request ids forwarded, not yet answered
+        self.forwarded_at = 0.0  # when the oldest request in flight went to the worker
         self.queued: deque[tuple[int, list[Any]]] = deque()  # waiting for the worker
         self.unsent: deque[list[Any]] = deque()  # replies the client's pipe had no room for
         self.blocked_since: float | None = None
@@ -200,7 +202,7 @@ class _Session:
         self.inline: SessionWorker | None = None  # served on the front thread itself
         self.handback: list[SessionWorker] = []  # where its thread worker puts itself on RELEASE
         self.releasing = False  # RELEASE sent: requests queue until the worker is back
-        # Stays on a worker thread: a step too slow for the front, or a shared-memory channel.
+        # Stays on a worker thread: a request too slow for the front, or a shared-memory channel.
         self.pinned = False
 
 
@@ -530,6 +532,8 @@ class EnvServer:
             else:
                 self._end_session(session, "its worker is unreachable")
             return
+        if not session.in_flight:
+            session.forwarded_at = time.perf_counter()
         session.in_flight.append(request_id)
 
     def _small_payload(self, header: Header) -> Any:
@@ -736,6 +740,9 @@ class EnvServer:
             return
         if session.in_flight:
             session.in_flight.popleft()
+            if time.perf_counter() - session.forwarded_at > _INLINE_MAX_S:
+                session.pinned = True  # too slow to serve on the front, should it be left alone
+            session.forwarded_at = time.perf_counter()
         if self._sessions.get(session.identity) is session:
             self._reply(session.identity, frames[1:], session)
             if session.closing and not session.in_flight:

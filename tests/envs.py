@@ -202,7 +202,10 @@ class SleepyEnv(CrashingEnv):
 
 
 class ThreadReportingEnv(gym.Env):
-    """Counts its steps (the observation) and names the thread that stepped it (``info``)."""
+    """Counts its steps (the observation) and names the thread that stepped it (``info``).
+
+    Action 1 takes 0.1 s: longer than a server serves on its own thread.
+    """
 
     metadata = {"render_modes": []}
 
@@ -217,6 +220,8 @@ class ThreadReportingEnv(gym.Env):
         return np.zeros(1, np.float32), {"thread": threading.current_thread().name}
 
     def step(self, action: Any) -> Any:
+        if int(action) == 1:
+            time.sleep(0.1)
         self._t += 1
         return np.full(1, self._t, np.float32), 0.0, False, False, {"thread": threading.current_thread().name}
 

@@ -446,6 +446,19 @@ def test_a_session_left_alone_moves_back_to_the_front_thread_with_its_env(serve)
         with rn.RemoteEnv(server.address) as third:  # and out again for a newcomer
             third.reset(seed=0)
             assert step(first) == "rlmesh-session"
-            assert third.step(1)[0][0] == 1
+            assert third.step(0)[0][0] == 1
         step(first)
     still_serves(server.address)
+
+
+def test_a_session_with_slow_steps_stays_on_its_worker_thread_when_left_alone(serve) -> None:
+    server = serve(ThreadReportingEnv)
+    with rn.RemoteEnv(server.address) as slow:
+        slow.reset(seed=0)
+        with rn.RemoteEnv(server.address) as other:
+            other.reset(seed=0)
+            assert slow.step(1)[4]["thread"] == "rlmesh-session"  # 0.1 s: too slow for the front
+        time.sleep(0.3)  # several sweeps: a lone session would have been handed back by now
+        assert slow.step(0)[4]["thread"] == "rlmesh-session"
+        with rn.RemoteEnv(server.address) as newcomer:  # the front stays free for handshakes
+            assert newcomer.reset(seed=0)[1]["thread"] == "rlmesh-session"
