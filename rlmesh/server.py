@@ -179,7 +179,6 @@ class _Session:
         "process",
         "queued",
         "ready",
-        "releasing",
         "thread",
         "unsent",
         "worker_id",
@@ -201,7 +200,6 @@ class _Session:
         self.process: Any = None
         self.inline: SessionWorker | None = None  # served on the front thread itself
         self.handback: list[SessionWorker] = []  # where its thread worker puts itself on RELEASE
-        self.releasing = False  # RELEASE sent: requests queue until the worker is back
         # Stays on a worker thread: a request too slow for the front, or a shared-memory channel.
         self.pinned = False
 
@@ -568,9 +566,10 @@ class EnvServer:
                 self._move_to_thread(other)
         session = _Session(identity, (next(self._worker_ids)).to_bytes(8, "little"))
         alone = not self._sessions and not self._workers
+        channel = self._shared_memory_path is not None and same_host
         # A channel's requests are served by a worker thread polling its doorbell; any other
         # session alone on a thread-isolated server is served on the front, with no hand-off.
-        if alone and not self._processes and (self._shared_memory_path is None or not same_host):
+        if alone and not self._processes and not channel:
             session.inline = self._worker_factory()()
             session.ready = True
             self._sessions[identity] = session
@@ -584,7 +583,7 @@ class EnvServer:
             else:
                 self._start_process(session)
         else:
-            session.pinned = self._shared_memory_path is not None and same_host
+            session.pinned = channel
             session.thread = start_thread_worker(
                 self._worker_factory(),
                 self._backend_endpoint,
@@ -617,19 +616,19 @@ class EnvServer:
         if len(self._sessions) != 1 or len(self._workers) != 1 or self._processes or self._stop.is_set():
             return
         session = next(iter(self._sessions.values()))
-        if session.thread is None or session.pinned or session.releasing or session.closing or not session.ready:
+        # Not ready: the worker is starting, or a RELEASE is under way.
+        if session.thread is None or session.pinned or session.closing or not session.ready:
             return
         try:
             send_frames(self._backend, [session.worker_id, RELEASE], NOBLOCK)
         except zmq.ZMQError:
             return
-        session.releasing = True
         session.ready = False  # requests queue until the worker is back
 
     def _worker_released(self, session: _Session) -> None:
         """The thread worker of ``session`` ended and handed its worker back: serve it inline."""
         self._workers.pop(session.worker_id, None)
-        session.thread, session.releasing = None, False
+        session.thread = None
         worker = session.handback.pop() if session.handback else None
         if worker is None or self._sessions.get(session.identity) is not session:
             if worker is not None:
@@ -740,9 +739,10 @@ class EnvServer:
             return
         if session.in_flight:
             session.in_flight.popleft()
-            if time.perf_counter() - session.forwarded_at > _INLINE_MAX_S:
+            now = time.perf_counter()
+            if now - session.forwarded_at > _INLINE_MAX_S:
                 session.pinned = True  # too slow to serve on the front, should it be left alone
-            session.forwarded_at = time.perf_counter()
+            session.forwarded_at = now
         if self._sessions.get(session.identity) is session:
             self._reply(session.identity, frames[1:], session)
             if session.closing and not session.in_flight:
