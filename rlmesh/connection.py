@@ -14,7 +14,7 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from rlmesh import protocol as p
-from rlmesh import shm
+from rlmesh import shm, stream
 from rlmesh.addresses import ipc_path
 from rlmesh.codec import DEFAULT_LIMITS, Limits, encode_message
 from rlmesh.errors import EndpointConnectionError, EndpointTimeoutError, ProtocolError
@@ -24,6 +24,7 @@ from rlmesh.security import HANDSHAKE_FAILED_EVENTS, ClientCurve, handshake_fail
 from rlmesh.shm import ClientChannel, Spinner
 from rlmesh.shm.doorbell import RECHECK_SECONDS, SPARE_THREADS
 from rlmesh.specs import EnvContract
+from rlmesh.stream import ClientStream
 from rlmesh.tensor import Tensor
 from rlmesh.transport import (
     HEARTBEAT_TIMEOUT_MS,
@@ -61,6 +62,8 @@ class Connection:
     For a unix-socket endpoint the handshake may set up a shared-memory channel
     (:meth:`hello_fields`, :meth:`attach`): requests and replies then travel through a mapped
     region while the socket keeps liveness and carries messages too large for the region.
+    For a tcp endpoint without CURVE it may set up a step stream (:mod:`rlmesh.stream`,
+    :meth:`attach_stream`): step records then travel over a plain TCP connection.
     """
 
     def __init__(
@@ -70,10 +73,15 @@ class Connection:
         busy_poll_seconds: float = DEFAULT_BUSY_POLL_SECONDS,
         curve: ClientCurve | None = None,
         shared_memory: bool = True,
+        tcp_stream: bool = True,
     ) -> None:
         self.endpoint = endpoint
         self.limits = limits
         self.shared_memory = shared_memory and ipc_path(endpoint) is not None and shm.enabled()
+        self._stream_host = stream.tcp_host(endpoint) if tcp_stream and curve is None and stream.enabled() else None
+        self._stream: ClientStream | None = None
+        self._stream_request = 0  # the id of the step in flight over the stream
+        self._stream_resend = b""  # its record, sent over the socket if the stream closes first
         self._channel: ClientChannel | None = None
         self._channel_request = 0  # the id of the request in flight over the channel
         self._channel_resend: Callable[[], list[Any]] | None = None  # its frames, if the server left
@@ -109,6 +117,8 @@ class Connection:
     def hello_fields(self) -> dict[str, Any]:
         """Handshake fields asking for step record frames, and a shared-memory channel when wanted."""
         fields: dict[str, Any] = {"socket_records": True}
+        if self._stream_host is not None:
+            fields["tcp_stream"] = True
         if self.shared_memory:
             fields.update(shared_memory=True, step_records=True, pid=os.getpid())
         return fields
@@ -139,6 +149,27 @@ class Connection:
             self._channel = channel
             self._poller.register(channel.fd, zmq.POLLIN)
         return True
+
+    def attach_stream(self, offer: Any) -> bool:
+        """Connect the step stream the server offered (after :meth:`use_record_frames`).
+
+        Returns whether steps travel over it; a failure leaves the session on ZeroMQ.
+        """
+        records = self._record_frames
+        if offer is None or records is None or self._stream_host is None:
+            return False
+        connected = ClientStream.connect(self._stream_host, offer, records.reply_bytes)
+        with self._lock:
+            self._close_stream()
+            self._stream = connected
+            if connected is not None:
+                self._poller.register(connected.fd, zmq.POLLIN)
+        return connected is not None
+
+    @property
+    def uses_tcp_stream(self) -> bool:
+        """Whether steps travel over a step stream (:mod:`rlmesh.stream`)."""
+        return self._stream is not None
 
     @property
     def uses_shared_memory(self) -> bool:
@@ -199,8 +230,13 @@ class Connection:
             if channel is None and op == p.STEP and records is not None:
                 action = records.record.encode_action(payload, encode_leaf)
                 if action is not None:
+                    frame = records.request(action[0], action[1], request_id)
+                    if self._stream is not None and self._stream.send(frame):
+                        self._stream_request, self._stream_resend = request_id, frame
+                        return request_id
+                    self._close_stream()  # it failed (if there was one): the socket carries it
                     self._sent_at = time.perf_counter()
-                    send_frames(self._socket, [records.request(action[0], action[1], request_id)])
+                    send_frames(self._socket, [frame])
                     return request_id
             frames = encode_message(op, request_id, payload, encode_leaf, self.send_limits)
             # CLOSE goes over the socket: the server drops the channel while answering it.
@@ -225,7 +261,8 @@ class Connection:
             if self.closed:
                 raise EndpointConnectionError(f"the connection to {self.endpoint} is closed")
             channel = self._channel if request_id == self._channel_request else None
-            header, reply = self._await(op, request_id, timeout, decode_leaf, connecting, channel)
+            streamed = self._stream if request_id == self._stream_request else None
+            header, reply = self._await(op, request_id, timeout, decode_leaf, connecting, channel, streamed)
         if header.kind == p.ERROR:
             raise p.error_from_payload(reply, self.endpoint)
         if op == p.HELLO and isinstance(reply, dict):
@@ -249,8 +286,11 @@ class Connection:
         decode_leaf: Any,
         connecting: bool,
         channel: ClientChannel | None = None,
+        streamed: ClientStream | None = None,
     ) -> Any:
-        if channel is None:
+        if streamed is not None:
+            pass  # the stream's reply wakes this thread directly: no I/O thread to spin past
+        elif channel is None:
             self._spin()
         elif (
             channel.server_was_awake or channel.replied() or not MACHINE_LOAD.oversubscribed(SPARE_THREADS)
@@ -289,6 +329,19 @@ class Connection:
                 recheck = False
             events = dict(self._poller.poll(min(wait) * 1000))
             quiet = not events
+            if streamed is not None and streamed.fd in events:
+                frame = streamed.receive()
+                if frame is not None:
+                    header, reply = self._read_record(frame, decode_leaf, drained=True)
+                    if header.request_id == request_id:
+                        self._connected = True
+                        return header, reply
+                    continue
+                # The server closed the stream before replying: its session ended, or it died.
+                # The step was not taken; the front answers it (with no session) or is gone.
+                self._close_stream()
+                streamed = None
+                send_frames(self._socket, [self._stream_resend])
             if self._socket in events:
                 first = recv_frame(self._socket)
                 if self._record_frames is not None and is_record_frame(first):
@@ -358,11 +411,11 @@ class Connection:
         took = time.perf_counter() - self._sent_at
         self._round_trip += (took - self._round_trip) * _ROUND_TRIP_WEIGHT
 
-    def _read_record(self, frame: bytes, decode_leaf: Any) -> tuple[Any, Any]:
+    def _read_record(self, frame: Any, decode_leaf: Any, drained: bool = False) -> tuple[Any, Any]:
         """Decode a step record reply (a single frame: anything after it is drained, and refused)."""
         records = self._record_frames
         assert records is not None
-        if drain(self._socket):
+        if not drained and drain(self._socket):
             raise ProtocolError("a step record reply came with extra frames")
         return records.read_reply(frame, decode_leaf)
 
@@ -382,6 +435,12 @@ class Connection:
                 self._connected = False
                 self._handshake_failure = event
 
+    def _close_stream(self) -> None:
+        held, self._stream = self._stream, None
+        if held is not None:
+            self._poller.unregister(held.fd)
+            held.close()
+
     def _close_channel(self) -> None:
         channel, self._channel = self._channel, None
         if channel is not None:
@@ -394,6 +453,7 @@ class Connection:
             return
         self.closed = True
         self._close_channel()
+        self._close_stream()
         try:
             self._socket.disable_monitor()
         except zmq.ZMQError:

@@ -32,6 +32,7 @@ def open_session(
     busy_poll_seconds: float,
     curve: ClientCurve | None = None,
     shared_memory: bool = True,
+    tcp_stream: bool = True,
 ) -> tuple[Connection, EnvContract]:
     """Connect to ``address`` and shake hands; returns the connection and the endpoint's contract.
 
@@ -39,7 +40,9 @@ def open_session(
         EndpointConnectionError: the endpoint could not be reached within the timeout.
         ProtocolError: the endpoint speaks another protocol version.
     """
-    connection = Connection(address, busy_poll_seconds=busy_poll_seconds, curve=curve, shared_memory=shared_memory)
+    connection = Connection(
+        address, busy_poll_seconds=busy_poll_seconds, curve=curve, shared_memory=shared_memory, tcp_stream=tcp_stream
+    )
     try:
         hello = connection.request(
             p.HELLO,
@@ -50,6 +53,7 @@ def open_session(
         contract = EnvContract.from_dict(hello["contract"])
         connection.attach(hello.get("shared_memory"), contract)
         connection.use_record_frames(hello.get("socket_records") is True, contract)
+        connection.attach_stream(hello.get("tcp_stream"))
         return connection, contract
     except BaseException:
         connection.close()
@@ -85,6 +89,7 @@ class EndpointGroup:
             one endpoint, none for several).
         curve: CURVE keys used with every endpoint (None: no CURVE).
         shared_memory: Use the shared-memory plane unix-socket endpoints offer.
+        tcp_stream: Use the step stream tcp endpoints offer (:mod:`rlmesh.stream`).
 
     Raises:
         ValueError: the endpoints' spaces differ (names the first endpoint that differs).
@@ -101,6 +106,7 @@ class EndpointGroup:
         busy_poll_seconds: float | None,
         curve: ClientCurve | None = None,
         shared_memory: bool = True,
+        tcp_stream: bool = True,
     ) -> None:
         if busy_poll_seconds is None:
             busy_poll_seconds = DEFAULT_BUSY_POLL_SECONDS if len(addresses) == 1 else 0.0
@@ -118,6 +124,7 @@ class EndpointGroup:
                     busy_poll_seconds=busy_poll_seconds,
                     curve=curve,
                     shared_memory=shared_memory,
+                    tcp_stream=tcp_stream,
                 )
                 member = _Member(address, connection, contract, start)
                 self.members.append(member)

@@ -228,6 +228,16 @@ class RecordFrames:
             record.observation_shape, record.observation_dtype, self._reply, self._observation_offset
         )
 
+    @property
+    def request_bytes(self) -> int:
+        """Size of a request frame."""
+        return len(self._request)
+
+    @property
+    def reply_bytes(self) -> int:
+        """Size of a reply frame."""
+        return len(self._reply)
+
     @classmethod
     def for_contract(cls, contract: EnvContract) -> RecordFrames | None:
         """Record frames for ``contract``, or None (spaces that need encoding, large observations)."""

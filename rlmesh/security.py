@@ -291,6 +291,11 @@ class EndpointSecurity:
         self._clients = clients
         self._domain: str | None = None
 
+    @property
+    def encrypted(self) -> bool:
+        """Whether the endpoint uses CURVE (its traffic must not leave ZeroMQ)."""
+        return self._keypair is not None
+
     @classmethod
     def for_endpoint(
         cls,

@@ -32,7 +32,7 @@ from typing import Any
 import zmq
 
 from rlmesh import protocol as p
-from rlmesh import shm
+from rlmesh import shm, stream
 from rlmesh.addresses import claim_ipc_path, file_identity, ipc_path, remove_ipc_file, resolve_address
 from rlmesh.codec import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -62,6 +62,7 @@ from rlmesh.sessions import (
     RELEASE,
     RELEASED,
     STOP,
+    DataPlanes,
     SessionWorker,
     build_worker,
     check_hello,
@@ -122,6 +123,10 @@ class ServeOptions:
         send_tracebacks: Include the server's traceback in env error replies. None (default):
             only on loopback and unix endpoints; elsewhere clients get the exception type and
             message.
+        tcp_stream: Offer clients of a tcp endpoint without CURVE a step stream: a plain TCP
+            connection beside ZeroMQ that carries step records (:mod:`rlmesh.stream`), served
+            by the session's own worker thread (not with process isolation). False (or ``RLMESH_TCP_STREAM=0`` in the
+            environment) serves every message over ZeroMQ.
         shared_memory: Offer clients of a unix-socket endpoint (same host, sandboxes included)
             a shared-memory data plane: requests and replies are written in place in a region
             file beside the socket, ZeroMQ keeping the handshake, liveness and messages too
@@ -144,6 +149,7 @@ class ServeOptions:
     allow_insecure: bool = False
     send_tracebacks: bool | None = None
     shared_memory: bool = True
+    tcp_stream: bool = True
 
     def __post_init__(self) -> None:
         for name in ("idle_timeout_seconds", "drain_timeout_seconds", "close_timeout_seconds"):
@@ -314,7 +320,15 @@ class EnvServer:
         self._finished = False
         self._ipc_file: tuple[str, tuple[int, int] | None] | None = None
         path_ = ipc_path(endpoint)
-        self._shared_memory_path = path_ if path_ and self.options.shared_memory and shm.enabled() else None
+        host = stream.tcp_host(endpoint)
+        # Process-isolated sessions keep ZeroMQ: the front must see each step to report an env
+        # process that dies during it as that step's error.
+        offers_stream = host is not None and self.options.tcp_stream and stream.enabled() and not self._processes
+        self._planes = DataPlanes(
+            path_ if path_ and self.options.shared_memory and shm.enabled() else None,
+            host if offers_stream and not self._security.encrypted else None,
+            self.options.send_timeout_seconds,
+        )
         self._backend_dir: str | None = None
         self._socket = configure(shared_context().socket(zmq.ROUTER))
         self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -484,7 +498,7 @@ class EnvServer:
             if session is None:
                 hello = self._small_payload(header)
                 check_hello(hello)
-                session = self._open_session(identity, frames, same_host=bool(hello.get("shared_memory")))
+                session = self._open_session(identity, frames, hello)
                 if session is None:
                     return  # waiting for a single env object to be released
         elif op == p.SHUTDOWN:
@@ -550,8 +564,8 @@ class EnvServer:
         self._stop.set()
         return {"accepted": True, "message": "shutting down"}
 
-    def _open_session(self, identity: bytes, frames: list[Any], same_host: bool = False) -> _Session | None:
-        """Open a session; ``same_host``: the client asks for a shared-memory channel."""
+    def _open_session(self, identity: bytes, frames: list[Any], hello: dict[str, Any]) -> _Session | None:
+        """Open a session for the client whose handshake is ``hello``."""
         if self._stop.is_set():
             raise ServerShuttingDownError("the server is shutting down")
         if len(self._sessions) >= self._max_sessions:
@@ -566,8 +580,11 @@ class EnvServer:
                 self._move_to_thread(other)
         session = _Session(identity, (next(self._worker_ids)).to_bytes(8, "little"))
         alone = not self._sessions and not self._workers
-        channel = self._shared_memory_path is not None and same_host
-        # A channel's requests are served by a worker thread polling its doorbell; any other
+        planes = self._planes
+        channel = (planes.shared_memory_path is not None and bool(hello.get("shared_memory"))) or (
+            planes.stream_host is not None and bool(hello.get("tcp_stream"))
+        )
+        # A channel's (or stream's) requests are served by a worker thread polling it; any other
         # session alone on a thread-isolated server is served on the front, with no hand-off.
         if alone and not self._processes and not channel:
             session.inline = self._worker_factory()()
@@ -588,7 +605,7 @@ class EnvServer:
                 self._worker_factory(),
                 self._backend_endpoint,
                 session.worker_id,
-                self._shared_memory_path,
+                planes,
                 session.handback,
             )
         self._sessions[identity] = session
@@ -704,7 +721,7 @@ class EnvServer:
                 session.worker_id,
                 os.getpid(),
                 self._tracebacks,
-                self._shared_memory_path,
+                self._planes,
             ),
             name="rlmesh-session",
             daemon=True,

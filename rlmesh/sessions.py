@@ -16,7 +16,9 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
@@ -28,6 +30,7 @@ from rlmesh.errors import BadRequestError, ProtocolError, ProtocolVersionError
 from rlmesh.record import RecordFrames, is_record_frame
 from rlmesh.shm.serving import SessionFastPath
 from rlmesh.specs import EnvContract
+from rlmesh.stream import ServerStream
 from rlmesh.tensor import Tensor
 from rlmesh.transport import configure, readable, recv_frames, send_frames, shared_context
 
@@ -41,6 +44,26 @@ RELEASE = b"\x00release"  # front -> thread worker: end, handing the worker (env
 RELEASED = b"\x00released"  # thread worker -> front: the worker is in the hand-back list
 
 _PARENT_CHECK_MS = 1000
+# How often a session whose requests bypass the front (shared memory, step stream) tells
+# the front it is alive, so that the front does not count it idle.
+_ACTIVITY_INTERVAL_S = 0.25
+
+
+@dataclass(frozen=True)
+class DataPlanes:
+    """The data planes beside ZeroMQ a session's worker may offer its client at the handshake.
+
+    Attributes:
+        shared_memory_path: A unix endpoint's socket path: offer a shared-memory channel
+            (a region created beside it). None: no shared memory.
+        stream_host: A tcp endpoint's host: offer a step stream listening there
+            (:mod:`rlmesh.stream`). None: no stream.
+        send_timeout_seconds: Drop a stream client that has not read a reply for this long.
+    """
+
+    shared_memory_path: str | None = None
+    stream_host: str | None = None
+    send_timeout_seconds: float = 10.0
 
 
 class SessionWorker:
@@ -74,6 +97,8 @@ class SessionWorker:
         self.finished = failure is not None and runner is None
         # Set by serve_session for unix-socket endpoints that offer the shared-memory plane.
         self.fast_path: SessionFastPath | None = None
+        # Set by serve_session for tcp endpoints that offer a step stream.
+        self.stream: ServerStream | None = None
         # Steps as single record frames, offered at the handshake (None: spaces need encoding).
         self.record_frames = RecordFrames.for_contract(contract)
 
@@ -162,6 +187,10 @@ class SessionWorker:
         offer = None if self.fast_path is None else self.fast_path.offer(payload)
         if offer is not None:
             reply["shared_memory"] = offer
+        stream = self.stream if payload.get("tcp_stream") else None
+        offer = None if stream is None else stream.offer()
+        if offer is not None:
+            reply["tcp_stream"] = offer
         return reply
 
     def close(self) -> None:
@@ -169,6 +198,8 @@ class SessionWorker:
         self.finished = True
         if self.fast_path is not None:
             self.fast_path.close()
+        if self.stream is not None:
+            self.stream.close()
         runner, self.runner = self.runner, None
         if runner is not None and self.owns_env:
             try:
@@ -243,7 +274,7 @@ def serve_session(
     worker_id: bytes,
     context: zmq.Context | None = None,
     parent_pid: int | None = None,
-    shared_memory_path: str | None = None,
+    planes: DataPlanes | None = None,
     handback: list[SessionWorker] | None = None,
 ) -> None:
     """Run one session: build the worker, then answer requests from the front until done.
@@ -254,8 +285,7 @@ def serve_session(
         worker_id: This worker's routing id on the backend.
         context: The ZeroMQ context (the shared one when None).
         parent_pid: In a child process, the server's pid: the worker ends if it goes away.
-        shared_memory_path: The public unix socket's path when the server offers clients a
-            shared-memory channel (created beside it); None serves over the socket only.
+        planes: The data planes the worker may offer beside ZeroMQ (None: ZeroMQ only).
         handback: Where a thread worker asked to :data:`RELEASE` its session puts the worker
             (its env still open) before it answers :data:`RELEASED` and ends.
     """
@@ -266,29 +296,30 @@ def serve_session(
     ended = DONE
     try:
         worker = worker_factory()
-        if shared_memory_path is not None:
-            worker.fast_path = SessionFastPath(shared_memory_path, worker.contract, worker.limits)
+        _offer_planes(worker, planes)
         socket.send(READY)
         poller = zmq.Poller()
         poller.register(socket, zmq.POLLIN)
-        polled_fd: int | None = None
+        polled: set[int] = set()
+        active_at = 0.0  # when the front last heard that requests bypass it
         while not worker.finished:
-            fast = worker.fast_path
-            if fast is not None and fast.fd != polled_fd:
-                if polled_fd is not None:
-                    poller.unregister(polled_fd)
-                polled_fd = fast.fd
-                if polled_fd is not None:
-                    poller.register(polled_fd, zmq.POLLIN)
+            fast, streamed = worker.fast_path, worker.stream
+            polled = _poll_fds(poller, polled, fast, streamed)
             if fast is not None and fast.has_request():
                 _serve_fast_path(worker, fast, socket)
+                active_at = _tell_active(socket, active_at)
                 continue
             longest = _PARENT_CHECK_MS if parent_pid is not None else None
-            if not poller.poll(longest if fast is None else fast.sleep_ms(longest)):
+            events = dict(poller.poll(longest if fast is None else fast.sleep_ms(longest)))
+            if not events:
                 if parent_pid is not None and os.getppid() != parent_pid:
                     break  # the server died: nobody is left to answer
                 continue
-            if not readable(socket):
+            if streamed is not None and streamed.fd in events:
+                _serve_stream(worker, streamed, socket)
+                active_at = _tell_active(socket, active_at)
+            # A busy stream must not starve the front's messages (STOP, RELEASE, requests).
+            if worker.finished or not readable(socket):
                 continue  # the doorbell rang
             frames = recv_frames(socket, copied=1)
             if len(frames) == 1 and frames[0] == STOP:
@@ -315,27 +346,80 @@ def serve_session(
         socket.close(linger=1000 if parent_pid is not None or ended == RELEASED else 0)
 
 
+def _offer_planes(worker: SessionWorker, planes: DataPlanes | None) -> None:
+    """Give ``worker`` what it needs to offer the ``planes`` at the handshake."""
+    if planes is None:
+        return
+    if planes.shared_memory_path is not None:
+        worker.fast_path = SessionFastPath(planes.shared_memory_path, worker.contract, worker.limits)
+    records = worker.record_frames
+    if planes.stream_host is not None and records is not None:
+        worker.stream = ServerStream(
+            planes.stream_host, records.request_bytes, records.reply_bytes, planes.send_timeout_seconds
+        )
+
+
+def _poll_fds(
+    poller: zmq.Poller, polled: set[int], fast: SessionFastPath | None, streamed: ServerStream | None
+) -> set[int]:
+    """Keep ``poller`` on the descriptors of the worker's planes; returns those polled now."""
+    fds = (None if fast is None else fast.fd, None if streamed is None else streamed.fd)
+    wanted = {fd for fd in fds if fd is not None}
+    if wanted != polled:
+        for fd in polled - wanted:
+            poller.unregister(fd)
+        for fd in wanted - polled:
+            poller.register(fd, zmq.POLLIN)
+    return wanted
+
+
+def _tell_active(socket: zmq.Socket, active_at: float) -> float:
+    """Tell the front this session is busy, at most once per interval; returns when it was last told."""
+    now = time.monotonic()
+    if now - active_at < _ACTIVITY_INTERVAL_S:
+        return active_at
+    socket.send(ACTIVE)
+    return now
+
+
 def _serve_fast_path(worker: SessionWorker, fast: SessionFastPath, socket: zmq.Socket) -> None:
     """Answer the request waiting in shared memory; a reply it cannot hold goes to the front."""
     reply = fast.serve(worker)
     if reply is not None:
         send_frames(socket, reply)
-    if fast.due_activity():
-        socket.send(ACTIVE)
+
+
+def _serve_stream(worker: SessionWorker, streamed: ServerStream, socket: zmq.Socket) -> None:
+    """Take the stream's client, or answer the step record it sent; other replies go to the front."""
+    if not streamed.connected:
+        streamed.accept()
+        return
+    frame = streamed.receive()
+    if frame is None:
+        return  # the client closed it: the front ends the session once the client is gone
+    reply = worker.answer_record([frame])
+    if len(reply) != 1 or not is_record_frame(reply[0]):
+        send_frames(socket, reply)  # an error, or a reply no record can hold
+    elif not streamed.send(reply[0]):
+        log.warning(
+            "closing a session whose client did not read a step reply within %gs (or left)",
+            streamed.send_timeout_seconds,
+        )
+        worker.close()
 
 
 def start_thread_worker(
     worker_factory: Callable[[], SessionWorker],
     endpoint: str,
     worker_id: bytes,
-    shared_memory_path: str | None = None,
+    planes: DataPlanes | None = None,
     handback: list[SessionWorker] | None = None,
 ) -> threading.Thread:
     """Serve one session in a daemon thread of this process (``handback``: see :func:`serve_session`)."""
     thread = threading.Thread(
         target=serve_session,
         args=(worker_factory, endpoint, worker_id),
-        kwargs={"shared_memory_path": shared_memory_path, "handback": handback},
+        kwargs={"planes": planes, "handback": handback},
         name="rlmesh-session",
         daemon=True,
     )
@@ -351,7 +435,7 @@ def process_worker_main(
     worker_id: bytes,
     parent_pid: int,
     send_tracebacks: bool = True,
-    shared_memory_path: str | None = None,
+    planes: DataPlanes | None = None,
 ) -> None:
     """Entry point of a session's child process (picklable arguments only)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server stops its children itself
@@ -365,7 +449,7 @@ def process_worker_main(
             worker_id,
             context,
             parent_pid,
-            shared_memory_path,
+            planes,
         )
     finally:
         context.term()

@@ -11,29 +11,31 @@ from typing import Any
 import pytest
 from needs import unavailable
 
-from rlmesh import EnvServer, ServeOptions
+from rlmesh import EnvServer, ServeOptions, shm, stream
 from rlmesh.launch import LaunchedServer, launch_server
-from rlmesh.shm import ENVIRONMENT_SWITCH
 
 TESTS_DIR = Path(__file__).parent
 REPO_ROOT = TESTS_DIR.parent
 
 
-DATA_PLANES = ("socket", "shared-memory")
+DATA_PLANES = ("socket", "shared-memory", "tcp-stream")
 
 
 @pytest.fixture(params=DATA_PLANES)
 def data_plane(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run a test once per data plane: ZeroMQ only, and the shared-memory fast path.
+    """Run a test once per data plane: ZeroMQ only, the shared-memory fast path, the tcp step stream.
 
     Under "shared-memory", :func:`serve` binds servers without an explicit address to a unix
-    socket (the fast path needs one); under "socket", ``RLMESH_SHARED_MEMORY=0`` keeps every
-    client and server (subprocesses and sandboxes included) on ZeroMQ.
+    socket (the fast path needs one); under "tcp-stream" to tcp loopback, whose sessions
+    step over a plain TCP stream; under "socket", ``RLMESH_SHARED_MEMORY=0`` and
+    ``RLMESH_TCP_STREAM=0`` keep every client and server (subprocesses and sandboxes
+    included) on ZeroMQ.
     """
-    if request.param == "socket":
-        monkeypatch.setenv(ENVIRONMENT_SWITCH, "0")
-    else:
-        monkeypatch.delenv(ENVIRONMENT_SWITCH, raising=False)
+    for switch in (shm.ENVIRONMENT_SWITCH, stream.ENVIRONMENT_SWITCH):
+        if request.param == "socket":
+            monkeypatch.setenv(switch, "0")
+        else:
+            monkeypatch.delenv(switch, raising=False)
     return request.param
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from typing import Any, Protocol
 
 from rlmesh.codec import DEFAULT_LIMITS, Limits
@@ -24,9 +23,6 @@ log = logging.getLogger("rlmesh.server")
 # How long a worker spins for the next request after a reply (adaptive, see Spinner):
 # an agent stepping back to back sends it within tens of microseconds.
 SPIN_SECONDS = 0.0005
-# How often a busy fast-path session tells the server front it is alive (its requests
-# bypass the front, which would otherwise count it idle).
-ACTIVITY_INTERVAL_S = 0.25
 RECHECK_MS = max(1, int(RECHECK_SECONDS * 1000))
 
 
@@ -54,7 +50,6 @@ class SessionFastPath:
         self.limits = limits
         self.channel: ServerChannel | None = None
         self.spinner = Spinner(0.0)
-        self._last_activity = 0.0
         self._served = False  # a request was served since the last doze
         self._dozing = False  # the next sleep is the first since requests stopped
 
@@ -143,14 +138,6 @@ class SessionFastPath:
         if self.channel is channel and channel.reply_step(payload):
             return None
         return worker.ok_reply(request_id, payload)
-
-    def due_activity(self) -> bool:
-        """Whether to tell the front this session is busy (at most once per interval)."""
-        now = time.monotonic()
-        if now - self._last_activity < ACTIVITY_INTERVAL_S:
-            return False
-        self._last_activity = now
-        return True
 
     def close(self) -> None:
         """Close the channel (its files are gone once the client mapped it). Idempotent."""

@@ -19,6 +19,7 @@ from envs import ImageEnv, SleepyEnv, ThreadReportingEnv
 import rlmesh
 import rlmesh.numpy as rn
 from rlmesh import protocol as p
+from rlmesh import stream
 from rlmesh.connection import Connection
 from rlmesh.env_runner import EnvRunner
 
@@ -399,7 +400,8 @@ def test_a_lone_slow_session_moves_off_the_front_before_others_arrive(serve) -> 
     slow.close()
 
 
-def test_clients_spin_only_while_replies_come_within_the_spin_window(serve_process) -> None:
+def test_clients_spin_only_while_replies_come_within_the_spin_window(serve_process, monkeypatch) -> None:
+    monkeypatch.setenv(stream.ENVIRONMENT_SWITCH, "0")  # ZeroMQ replies (a stream's need no spin)
     server = serve_process("envs:SleepyEnv")
     with rn.RemoteEnv(server.address) as env:  # the default busy-poll
         connection = env._group.members[0].connection
@@ -419,8 +421,9 @@ def test_clients_spin_only_while_replies_come_within_the_spin_window(serve_proce
         assert connection._round_trip < 0.05
 
 
-def test_a_session_left_alone_moves_back_to_the_front_thread_with_its_env(serve) -> None:
+def test_a_session_left_alone_moves_back_to_the_front_thread_with_its_env(serve, monkeypatch) -> None:
     """Sessions move to worker threads when a second one opens, and back when it has gone."""
+    monkeypatch.setenv(stream.ENVIRONMENT_SWITCH, "0")  # front-thread serving is for ZeroMQ sessions
     server = serve(ThreadReportingEnv)
     steps = 0
 
@@ -451,7 +454,8 @@ def test_a_session_left_alone_moves_back_to_the_front_thread_with_its_env(serve)
     still_serves(server.address)
 
 
-def test_a_session_with_slow_steps_stays_on_its_worker_thread_when_left_alone(serve) -> None:
+def test_a_session_with_slow_steps_stays_on_its_worker_thread_when_left_alone(serve, monkeypatch) -> None:
+    monkeypatch.setenv(stream.ENVIRONMENT_SWITCH, "0")  # front-thread serving is for ZeroMQ sessions
     server = serve(ThreadReportingEnv)
     with rn.RemoteEnv(server.address) as slow:
         slow.reset(seed=0)

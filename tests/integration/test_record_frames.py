@@ -1,4 +1,4 @@
-"""Steps as single ZeroMQ record frames (tcp, or unix without shared memory): same values always."""
+"""Steps as single ZeroMQ record frames (tcp without the step stream, or unix without shared memory)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,15 @@ from test_step_records import BOX_ACTIONS, ActionEcho, assert_same, connection_o
 import rlmesh
 import rlmesh.jax as rj
 import rlmesh.numpy as rn
+from rlmesh import stream
 from rlmesh.protocol import PROTOCOL_VERSION
 from rlmesh.record import RECORD_TAG
+
+
+@pytest.fixture(autouse=True)
+def _zeromq_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep tcp steps on ZeroMQ: test_tcp_stream.py covers the same records over the stream."""
+    monkeypatch.setenv(stream.ENVIRONMENT_SWITCH, "0")
 
 
 class RecordCounter:

@@ -38,7 +38,12 @@ from rlmesh.sandbox.container import DIR_PREFIX, LABEL_SANDBOX, owner_labels
 from rlmesh.sandbox.options import default_cpus
 
 # Every test runs over ZeroMQ only and over the shared-memory fast path.
-pytestmark = [pytest.mark.sandbox, pytest.mark.usefixtures("data_plane")]
+# Sandboxes talk over a unix socket: the tcp step stream never applies to them.
+pytestmark = [
+    pytest.mark.sandbox,
+    pytest.mark.usefixtures("data_plane"),
+    pytest.mark.parametrize("data_plane", ("socket", "shared-memory"), indirect=True),
+]
 
 # Every test builds from the same inputs, so the session image (or its layers) is reused.
 OPTS: dict[str, Any] = {"rlmesh_package": "local", "connect_timeout_seconds": 60.0}

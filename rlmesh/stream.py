@@ -1,0 +1,211 @@
+"""A tcp session's step stream: step records over a plain TCP connection beside ZeroMQ.
+
+A ZeroMQ message crosses two I/O threads on each side, which is most of a round trip on
+loopback (about 120 us where a plain TCP ping-pong takes 35 us). When a tcp endpoint serves
+steps as fixed-size record frames (:class:`rlmesh.record.RecordFrames`) and CURVE is off, the
+handshake offers a second connection that carries only those records: the client writes a
+request record, the session's worker reads it, steps and writes the reply record, each with
+one system call. ZeroMQ keeps the handshake, liveness, every other request and every reply
+that is not a record (errors, non-empty infos), so semantics do not change.
+
+The offer is a port and a random token (sent over the ZeroMQ handshake); a connection that
+does not open with the token is closed. ``RLMESH_TCP_STREAM=0`` turns the stream off for a
+process, clients and servers alike.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from typing import Any
+
+ENVIRONMENT_SWITCH = "RLMESH_TCP_STREAM"
+TOKEN_BYTES = 16
+# How long a connecting client may take to send its token, and the longest a record may
+# take to arrive once its first bytes have (a peer that stalls mid-record is dropped).
+_PEER_STALL_S = 5.0
+CONNECT_TIMEOUT_S = 2.0
+_MIN_BUFFER = 1 << 16
+
+
+def enabled() -> bool:
+    """Whether this process may use step streams: ``RLMESH_TCP_STREAM=0`` turns them off."""
+    return os.environ.get(ENVIRONMENT_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def tcp_host(endpoint: str) -> str | None:
+    """The host of a ``tcp://host:port`` endpoint (brackets of an IPv6 host removed), else None."""
+    if not endpoint.startswith("tcp://"):
+        return None
+    host = endpoint[len("tcp://") :].rpartition(":")[0]
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def _nodelay(connection: socket.socket) -> socket.socket:
+    connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return connection
+
+
+def _read_exactly(connection: socket.socket, buffer: bytearray) -> bool:
+    """Fill ``buffer`` from ``connection``; False when the peer closed (or failed) first."""
+    view, got = memoryview(buffer), 0
+    try:
+        while got < len(buffer):
+            count = connection.recv_into(view[got:], len(buffer) - got, socket.MSG_WAITALL)
+            if count == 0:
+                return False
+            got += count
+    except OSError:
+        return False
+    return True
+
+
+class ServerStream:
+    """The server side of one session's step stream, owned by the session's worker.
+
+    Args:
+        host: The interface the endpoint is bound to; the stream listens there.
+        request_bytes: Size of a request record frame.
+        reply_bytes: Size of a reply record frame.
+        send_timeout_seconds: Drop the stream of a client that has not read a reply for this long.
+    """
+
+    def __init__(self, host: str, request_bytes: int, reply_bytes: int, send_timeout_seconds: float) -> None:
+        self.host = host
+        self.send_timeout_seconds = send_timeout_seconds
+        self._request = bytearray(request_bytes)
+        self._reply_bytes = reply_bytes
+        self._token = b""
+        self._listener: socket.socket | None = None
+        self._connection: socket.socket | None = None
+
+    def offer(self) -> dict[str, Any] | None:
+        """Listen for the session's client; the handshake offer (port, token), or None."""
+        self.close()  # a repeated handshake replaces the stream
+        host = "" if self.host in ("*", "0.0.0.0") else self.host
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            listener = socket.socket(family, socket.SOCK_STREAM)
+            listener.bind((host, 0))
+            listener.listen(1)
+        except OSError:
+            return None
+        listener.setblocking(False)
+        self._listener, self._token = listener, secrets.token_bytes(TOKEN_BYTES)
+        return {"port": listener.getsockname()[1], "token": self._token}
+
+    @property
+    def fd(self) -> int | None:
+        """What to poll: the listener until the client connected, then the connection."""
+        active = self._connection or self._listener
+        return None if active is None else active.fileno()
+
+    @property
+    def connected(self) -> bool:
+        """Whether the client's connection is up."""
+        return self._connection is not None
+
+    def accept(self) -> None:
+        """Take the client's connection when it opens with the token (else close it)."""
+        listener = self._listener
+        assert listener is not None
+        try:
+            connection, _ = listener.accept()
+        except OSError:
+            return
+        connection.setblocking(True)
+        connection.settimeout(_PEER_STALL_S)
+        token = bytearray(TOKEN_BYTES)
+        if not _read_exactly(connection, token) or not secrets.compare_digest(bytes(token), self._token):
+            connection.close()
+            return
+        listener.close()
+        self._listener = None
+        # One request is in flight at a time: small fixed buffers bound the kernel memory a
+        # session holds, and a client that stops reading blocks a reply within a few steps.
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, max(_MIN_BUFFER, 4 * self._reply_bytes))
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, max(_MIN_BUFFER, 4 * len(self._request)))
+        self._connection = _nodelay(connection)
+
+    def receive(self) -> bytearray | None:
+        """The next request record (reused buffer); None when the client closed the stream."""
+        connection = self._connection
+        assert connection is not None
+        if not _read_exactly(connection, self._request):
+            self.close()
+            return None
+        return self._request
+
+    def send(self, frame: bytes) -> bool:
+        """Write a reply record; False (the stream closed) when it is not one or the client stopped reading."""
+        connection = self._connection
+        if connection is None or len(frame) != self._reply_bytes:
+            return False
+        try:
+            connection.settimeout(self.send_timeout_seconds)
+            connection.sendall(frame)
+            connection.settimeout(_PEER_STALL_S)
+        except OSError:
+            self.close()
+            return False
+        return True
+
+    def close(self) -> None:
+        """Close the listener and the connection. Idempotent."""
+        for held in (self._listener, self._connection):
+            if held is not None:
+                held.close()
+        self._listener = self._connection = None
+
+
+class ClientStream:
+    """The client side of a session's step stream: one request record out, one reply record in."""
+
+    def __init__(self, connection: socket.socket, reply_bytes: int) -> None:
+        self._connection = connection
+        self._reply = bytearray(reply_bytes)
+
+    @classmethod
+    def connect(cls, host: str, offer: Any, reply_bytes: int) -> ClientStream | None:
+        """Connect to the stream a handshake ``offer``ed; None when it cannot be used."""
+        if not isinstance(offer, dict):
+            return None
+        port, token = offer.get("port"), offer.get("token")
+        if type(port) is not int or not isinstance(token, bytes) or len(token) != TOKEN_BYTES:
+            return None
+        try:
+            connection = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S)
+        except OSError:
+            return None
+        try:
+            connection.sendall(token)
+            connection.settimeout(None)
+        except OSError:
+            connection.close()
+            return None
+        return cls(_nodelay(connection), reply_bytes)
+
+    @property
+    def fd(self) -> int:
+        """The connection's descriptor, to poll for a reply."""
+        return self._connection.fileno()
+
+    def send(self, frame: bytes) -> bool:
+        """Write a request record; False when the stream failed (it is closed then)."""
+        try:
+            self._connection.sendall(frame)
+        except OSError:
+            return False
+        return True
+
+    def receive(self) -> bytearray | None:
+        """The reply record (a reused buffer, valid until the next reply); None when the server closed the stream."""
+        return self._reply if _read_exactly(self._connection, self._reply) else None
+
+    def close(self) -> None:
+        """Close the connection. Idempotent."""
+        self._connection.close()
+
+
+__all__ = ["ENVIRONMENT_SWITCH", "ClientStream", "ServerStream", "enabled", "tcp_host"]
