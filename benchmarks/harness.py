@@ -112,6 +112,53 @@ def raw_unix_echo() -> Iterator[Callable[[bytes], bytes]]:
                 process.stdout.close()
 
 
+RAW_TCP_ECHO_SERVER = r"""
+import socket
+server = socket.create_server(("127.0.0.1", 0))
+print(server.getsockname()[1], flush=True)
+conn, _ = server.accept()
+conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+while True:
+    data = conn.recv(65536)
+    if not data or data == b"stop":
+        break
+    conn.sendall(data)
+conn.close()
+server.close()
+"""
+
+
+@contextlib.contextmanager
+def raw_tcp_echo() -> Iterator[Callable[[bytes], bytes]]:
+    """A bare Python TCP echo peer on loopback in a subprocess; yields a ``round_trip(message)``.
+
+    The floor of the tcp step stream: one ``sendall`` and one ``recv`` per side (TCP_NODELAY).
+    Messages must be small (one ``recv`` returns the whole echo).
+    """
+    import socket
+
+    process = subprocess.Popen([sys.executable, "-c", RAW_TCP_ECHO_SERVER], stdout=subprocess.PIPE, text=True)
+    client: socket.socket | None = None
+    try:
+        assert process.stdout is not None
+        client = socket.create_connection(("127.0.0.1", int(process.stdout.readline())))
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        connected = client
+
+        def round_trip(message: bytes) -> bytes:
+            connected.sendall(message)
+            return connected.recv(65536)
+
+        yield round_trip
+        client.sendall(b"stop")
+    finally:
+        if client is not None:
+            client.close()
+        process.wait(10)
+        if process.stdout:
+            process.stdout.close()
+
+
 def time_calls(call: Callable[[], Any], *, iterations: int, warmup: int = 50, number: int = 1) -> dict[str, float]:
     """Wall time per call in microseconds (median, mean, p90) and calls per second.
 

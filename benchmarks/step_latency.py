@@ -1,8 +1,10 @@
 """Step round trip and vector throughput, against the floor and peers measured in the same run.
 
 Measures, with the env server in a separate process:
-  * one CartPole ``step`` round trip over tcp loopback and over a unix socket;
-  * a raw pyzmq DEALER/ROUTER round trip of a ~100-byte msgpack message (this stack's floor);
+  * one CartPole ``step`` round trip over tcp loopback (over the step stream, the default, and
+    over ZeroMQ only) and over a unix socket (ZeroMQ only);
+  * a raw pyzmq DEALER/ROUTER round trip of a ~100-byte msgpack message (this stack's floor),
+    and a raw Python TCP ping-pong of the same bytes;
   * an in-process ``gymnasium`` CartPole step;
   * a 16-lane vector endpoint's env-steps per second against an in-process SyncVectorEnv(16);
   * the original RLMesh 0.1.0 (PyPI), from its own venv, when it can be installed;
@@ -84,10 +86,11 @@ def time_single_steps(env: object, iterations: int) -> dict[str, float]:
     return harness.time_calls(stepper(env), iterations=iterations)  # type: ignore[arg-type]
 
 
-def over_sockets(iterations: int) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
-    """The raw pyzmq floor, and a CartPole step over tcp and over a unix socket (ZeroMQ only).
+def over_sockets(iterations: int) -> dict[str, dict[str, float]]:
+    """The raw pyzmq floor, a raw TCP ping-pong, and a CartPole step over tcp (step stream and
+    ZeroMQ only) and over a unix socket (ZeroMQ only).
 
-    The three take turns in blocks of 100 calls, so that machine noise, which moves every
+    They take turns in blocks of 100 calls, so that machine noise, which moves every
     figure here by up to 2x over minutes, hits them alike and their ratios hold.
     """
     message = {"op": "step", "id": 1, "action": 1, "observation": [0.1, 0.2, 0.3, 0.4], "reward": 1.0}
@@ -98,20 +101,30 @@ def over_sockets(iterations: int) -> tuple[dict[str, float], dict[str, float], d
         socket.setsockopt(zmq.LINGER, 0)
         socket.connect(stack.enter_context(harness.raw_echo_server()))
         stack.callback(socket.close)
+        tcp_round_trip = stack.enter_context(harness.raw_tcp_echo())
 
         def raw() -> None:
             socket.send(payload)
             msgpack.unpackb(socket.recv())
 
-        tcp = stack.enter_context(rn.RemoteEnv(stack.enter_context(harness.rlmesh_server("CartPole-v1"))))
+        tcp_address = stack.enter_context(harness.rlmesh_server("CartPole-v1"))
+        tcp = stack.enter_context(rn.RemoteEnv(tcp_address))
+        assert tcp._group.members[0].connection.uses_tcp_stream, "the step stream was not negotiated"  # type: ignore[attr-defined]
         unix_address = stack.enter_context(
             harness.rlmesh_server("CartPole-v1", "--address", f"unix://{directory}/e.sock")
         )
         unix = stack.enter_context(rn.RemoteEnv(unix_address, shared_memory=False))
-        results = harness.time_in_turns({"raw": raw, "tcp": stepper(tcp), "unix": stepper(unix)}, iterations=iterations)
+        calls = {
+            "raw": raw,
+            "raw_tcp": lambda: msgpack.unpackb(tcp_round_trip(payload)),
+            "tcp": stepper(tcp),
+            "tcp_zmq_only": stepper(stack.enter_context(rn.RemoteEnv(tcp_address, tcp_stream=False))),
+            "unix": stepper(unix),
+        }
+        results = harness.time_in_turns(calls, iterations=iterations)
         socket.send(b"stop")
     results["raw"]["message_bytes"] = len(payload)
-    return results["raw"], results["tcp"], results["unix"]
+    return results
 
 
 def curve_cost(iterations: int, block: int = 50) -> list[dict[str, object]]:
@@ -286,7 +299,8 @@ def main() -> None:
 
     near = same_host(n, args.sandbox)
 
-    floor, tcp, unix = over_sockets(n)
+    sockets = over_sockets(n)
+    floor, tcp, unix = sockets["raw"], sockets["tcp"], sockets["unix"]
     local = local_single(n)
     lanes = args.lanes
     with harness.rlmesh_server("CartPole-v1", "--num-envs", str(lanes)) as address, rn.RemoteVectorEnv(address) as env:
@@ -305,10 +319,22 @@ def main() -> None:
             "x_floor": 1.0,
         },
         {
-            "measurement": "rlmesh CartPole step, tcp loopback",
+            "measurement": "raw Python TCP ping-pong (~100 B)",
+            "median_us": sockets["raw_tcp"]["median_us"],
+            "mean_us": sockets["raw_tcp"]["mean_us"],
+            "x_floor": sockets["raw_tcp"]["median_us"] / floor_us,
+        },
+        {
+            "measurement": "rlmesh CartPole step, tcp loopback (step stream, default)",
             "median_us": tcp["median_us"],
             "mean_us": tcp["mean_us"],
             "x_floor": tcp["median_us"] / floor_us,
+        },
+        {
+            "measurement": "rlmesh CartPole step, tcp loopback (ZeroMQ only)",
+            "median_us": sockets["tcp_zmq_only"]["median_us"],
+            "mean_us": sockets["tcp_zmq_only"]["mean_us"],
+            "x_floor": sockets["tcp_zmq_only"]["median_us"] / floor_us,
         },
         {
             "measurement": "rlmesh CartPole step, unix socket (ZeroMQ only)",
@@ -394,7 +420,9 @@ def main() -> None:
         {
             "command": command,
             "raw_floor": floor,
+            "raw_tcp": sockets["raw_tcp"],
             "tcp": tcp,
+            "tcp_zmq_only": sockets["tcp_zmq_only"],
             "unix": unix,
             "in_process": local,
             "vector_remote": remote_vec,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 
 import numpy as np
@@ -15,7 +16,12 @@ MIB = 1 << 20
 
 @pytest.fixture
 def pool_limit() -> Iterator[None]:
-    """Run with an empty pool capped at 16 MiB; restore the process default afterwards."""
+    """Run with an empty pool capped at 16 MiB; restore the process default afterwards.
+
+    Earlier tests in this process may leave received arrays in reference cycles (a traceback
+    holding a frame); collected mid-test, they would return their buffers to the pool.
+    """
+    gc.collect()
     old = set_buffer_pool_limit(0)
     set_buffer_pool_limit(16 * MIB)
     yield
