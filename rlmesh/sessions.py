@@ -304,11 +304,11 @@ def serve_session(
         active_at = 0.0  # when the front last heard that requests bypass it
         while not worker.finished:
             fast, streamed = worker.fast_path, worker.stream
-            polled = _poll_fds(poller, polled, fast, streamed)
             if fast is not None and fast.has_request():
                 _serve_fast_path(worker, fast, socket)
                 active_at = _tell_active(socket, active_at)
                 continue
+            polled = _poll_fds(poller, polled, fast, streamed)
             longest = _PARENT_CHECK_MS if parent_pid is not None else None
             events = dict(poller.poll(longest if fast is None else fast.sleep_ms(longest)))
             if not events:
