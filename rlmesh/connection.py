@@ -118,7 +118,7 @@ class Connection:
         """Handshake fields asking for step record frames, and a shared-memory channel when wanted."""
         fields: dict[str, Any] = {"socket_records": True}
         if self._stream_host is not None:
-            fields["tcp_stream"] = True
+            fields.update(tcp_stream=True, pid=os.getpid())
         if self.shared_memory:
             fields.update(shared_memory=True, step_records=True, pid=os.getpid())
         return fields
@@ -289,7 +289,7 @@ class Connection:
         streamed: ClientStream | None = None,
     ) -> Any:
         if streamed is not None:
-            pass  # the stream's reply wakes this thread directly: no I/O thread to spin past
+            self._spinner.spin_until(streamed.readable)  # a core that sleeps wakes up cold: spin briefly
         elif channel is None:
             self._spin()
         elif (
@@ -330,6 +330,7 @@ class Connection:
             events = dict(self._poller.poll(min(wait) * 1000))
             quiet = not events
             if streamed is not None and streamed.fd in events:
+                self._spinner.arrived()
                 frame = streamed.receive()
                 if frame is not None:
                     header, reply = self._read_record(frame, decode_leaf, drained=True)

@@ -188,7 +188,7 @@ class SessionWorker:
         if offer is not None:
             reply["shared_memory"] = offer
         stream = self.stream if payload.get("tcp_stream") else None
-        offer = None if stream is None else stream.offer()
+        offer = None if stream is None else stream.offer(payload.get("pid"))
         if offer is not None:
             reply["tcp_stream"] = offer
         return reply
@@ -316,8 +316,11 @@ def serve_session(
                     break  # the server died: nobody is left to answer
                 continue
             if streamed is not None and streamed.fd in events:
+                streamed.spinner.arrived()
                 _serve_stream(worker, streamed, socket)
                 active_at = _tell_active(socket, active_at)
+                if streamed.readable is not None:
+                    streamed.spinner.spin_until(streamed.readable)  # the client's next step comes soon
             # A busy stream must not starve the front's messages (STOP, RELEASE, requests).
             if worker.finished or not readable(socket):
                 continue  # the doorbell rang

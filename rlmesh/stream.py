@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import select
 import socket
 from typing import Any
+
+from rlmesh.shm.doorbell import Spinner
 
 ENVIRONMENT_SWITCH = "RLMESH_TCP_STREAM"
 TOKEN_BYTES = 16
@@ -27,6 +30,9 @@ TOKEN_BYTES = 16
 _PEER_STALL_S = 5.0
 CONNECT_TIMEOUT_S = 2.0
 _MIN_BUFFER = 1 << 16
+# How long a worker spins for the client's next step after a reply (adaptive, see Spinner):
+# a core that sleeps between steps is handed to others and comes back with cold caches.
+SPIN_SECONDS = 0.0005
 
 
 def enabled() -> bool:
@@ -40,6 +46,100 @@ def tcp_host(endpoint: str) -> str | None:
         return None
     host = endpoint[len("tcp://") :].rpartition(":")[0]
     return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+class _ReadableCheck:
+    """A zero-timeout readability test of one socket (``check()``), for spinning on it."""
+
+    def __init__(self, connection: socket.socket) -> None:
+        self._poll = select.poll()
+        self._poll.register(connection, select.POLLIN)
+
+    def __call__(self) -> bool:
+        return bool(self._poll.poll(0))
+
+
+def _nodelay(connection: socket.socket) -> socket.socket:
+    connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return connection
+
+
+def _read_exactly(connection: socket.socket, buffer: bytearray) -> bool:
+    """Fill ``buffer`` from ``connection`` (blocking, with its timeout); False when the peer closed or failed first."""
+    view, got = memoryview(buffer), 0
+    try:
+        while got < len(buffer):
+            count = connection.recv_into(view[got:], len(buffer) - got, socket.MSG_WAITALL)
+            if count == 0:
+                return False
+            got += count
+    except OSError:
+        return False
+    return True
+
+
+def _read_waiting(connection: socket.socket, buffer: bytearray, stall_seconds: float) -> bool:
+    """Fill ``buffer`` with a record that has started to arrive: one system call when it all has.
+
+    A peer that stops mid-record fails the read after ``stall_seconds``.
+    """
+    try:
+        got = connection.recv_into(buffer, len(buffer), socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        got = 0
+    except OSError:
+        return False
+    if got == len(buffer):
+        return True
+    if got == 0 and not _peer_waiting(connection):
+        return False  # readable with nothing to read: the peer closed
+    connection.settimeout(stall_seconds)
+    try:
+        view = memoryview(buffer)[got:]
+        return _read_exactly(connection, view)  # type: ignore[arg-type]
+    finally:
+        connection.settimeout(None)
+
+
+def _peer_waiting(connection: socket.socket) -> bool:
+    """Whether bytes wait on ``connection`` (False at end of stream)."""
+    try:
+        return len(connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)) == 1
+    except BlockingIOError:
+        return True  # nothing yet, but the stream is open
+    except OSError:
+        return False
+
+
+def _write(connection: socket.socket, frame: bytes, timeout_seconds: float) -> bool:
+    """Write ``frame``: one system call when the socket buffer has room, else wait up to the timeout."""
+    try:
+        sent = connection.send(frame, socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        sent = 0
+    except OSError:
+        return False
+    if sent == len(frame):
+        return True
+    connection.settimeout(timeout_seconds)
+    try:
+        connection.sendall(memoryview(frame)[sent:])
+    except OSError:
+        return False
+    finally:
+        connection.settimeout(None)
+    return True
+
+
+class _ReadableCheck:
+    """A zero-timeout readability test of one socket (``check()``), for spinning on it."""
+
+    def __init__(self, connection: socket.socket) -> None:
+        self._poll = select.poll()
+        self._poll.register(connection, select.POLLIN)
+
+    def __call__(self) -> bool:
+        return bool(self._poll.poll(0))
 
 
 def _nodelay(connection: socket.socket) -> socket.socket:
@@ -79,10 +179,17 @@ class ServerStream:
         self._token = b""
         self._listener: socket.socket | None = None
         self._connection: socket.socket | None = None
+        self.readable: _ReadableCheck | None = None  # set once the client connected
+        self.spinner = Spinner(0.0)
 
-    def offer(self) -> dict[str, Any] | None:
-        """Listen for the session's client; the handshake offer (port, token), or None."""
+    def offer(self, client_pid: Any = None) -> dict[str, Any] | None:
+        """Listen for the session's client; the handshake offer (port, token), or None.
+
+        ``client_pid``: the client's process id, from its handshake; a client in this very
+        process competes for the GIL and the cores, so the worker does not spin for it.
+        """
         self.close()  # a repeated handshake replaces the stream
+        self.spinner = Spinner(0.0 if client_pid == os.getpid() else SPIN_SECONDS)
         host = "" if self.host in ("*", "0.0.0.0") else self.host
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
@@ -114,12 +221,12 @@ class ServerStream:
             connection, _ = listener.accept()
         except OSError:
             return
-        connection.setblocking(True)
         connection.settimeout(_PEER_STALL_S)
         token = bytearray(TOKEN_BYTES)
         if not _read_exactly(connection, token) or not secrets.compare_digest(bytes(token), self._token):
             connection.close()
             return
+        connection.settimeout(None)  # blocking; reads and writes bound their own waits
         listener.close()
         self._listener = None
         # One request is in flight at a time: small fixed buffers bound the kernel memory a
@@ -127,12 +234,13 @@ class ServerStream:
         connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, max(_MIN_BUFFER, 4 * self._reply_bytes))
         connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, max(_MIN_BUFFER, 4 * len(self._request)))
         self._connection = _nodelay(connection)
+        self.readable = _ReadableCheck(connection)
 
     def receive(self) -> bytearray | None:
         """The next request record (reused buffer); None when the client closed the stream."""
         connection = self._connection
         assert connection is not None
-        if not _read_exactly(connection, self._request):
+        if not _read_waiting(connection, self._request, _PEER_STALL_S):
             self.close()
             return None
         return self._request
@@ -142,11 +250,7 @@ class ServerStream:
         connection = self._connection
         if connection is None or len(frame) != self._reply_bytes:
             return False
-        try:
-            connection.settimeout(self.send_timeout_seconds)
-            connection.sendall(frame)
-            connection.settimeout(_PEER_STALL_S)
-        except OSError:
+        if not _write(connection, frame, self.send_timeout_seconds):
             self.close()
             return False
         return True
@@ -157,6 +261,7 @@ class ServerStream:
             if held is not None:
                 held.close()
         self._listener = self._connection = None
+        self.readable = None
 
 
 class ClientStream:
@@ -165,6 +270,7 @@ class ClientStream:
     def __init__(self, connection: socket.socket, reply_bytes: int) -> None:
         self._connection = connection
         self._reply = bytearray(reply_bytes)
+        self.readable = _ReadableCheck(connection)
 
     @classmethod
     def connect(cls, host: str, offer: Any, reply_bytes: int) -> ClientStream | None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 
 from rlmesh.load import MACHINE_LOAD
 
@@ -135,6 +136,10 @@ class Spinner:
         if ready[index] >= target:  # type: ignore[index]
             self.arrived()
             return True
+        return self.spin_until(lambda: ready[index] >= target)  # type: ignore[index]
+
+    def spin_until(self, ready: Callable[[], bool]) -> bool:
+        """Spin until ``ready()`` or the budget runs out; whether it got there."""
         if self.gave_up_at is not None:  # the event of the last spin came too late to learn from
             self._learn(self.max_seconds * 2)
         budget = self.budget
@@ -149,7 +154,7 @@ class Spinner:
         yield_cpu = os.sched_yield
         stolen = self.STOLEN_SECONDS
         while True:
-            if ready[index] >= target:  # type: ignore[index]
+            if ready():
                 self._learn(clock() - start)
                 self.backoff = 0
                 return True
