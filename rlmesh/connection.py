@@ -16,7 +16,7 @@ from zmq.utils.monitor import parse_monitor_message
 from rlmesh import protocol as p
 from rlmesh import shm, stream
 from rlmesh.addresses import ipc_path
-from rlmesh.codec import DEFAULT_LIMITS, Limits, encode_message
+from rlmesh.codec import DEFAULT_LIMITS, Limits, decode_frames, encode_message
 from rlmesh.errors import EndpointConnectionError, EndpointTimeoutError, ProtocolError
 from rlmesh.load import MACHINE_LOAD
 from rlmesh.record import RecordFrames, StepRecord, is_record_frame
@@ -331,9 +331,13 @@ class Connection:
             quiet = not events
             if streamed is not None and streamed.fd in events:
                 self._spinner.arrived()
-                frame = streamed.receive()
-                if frame is not None:
-                    header, reply = self._read_record(frame, decode_leaf, drained=True)
+                try:
+                    frames = streamed.receive(self.limits.max_message_bytes, self.limits.max_tensors + 1)
+                except ProtocolError:
+                    self._close_stream()  # its framing is lost: later steps take the socket
+                    raise
+                if frames is not None:
+                    header, reply = self._read_streamed(frames, decode_leaf)
                     if header.request_id == request_id:
                         self._connected = True
                         return header, reply
@@ -412,11 +416,18 @@ class Connection:
         took = time.perf_counter() - self._sent_at
         self._round_trip += (took - self._round_trip) * _ROUND_TRIP_WEIGHT
 
-    def _read_record(self, frame: Any, decode_leaf: Any, drained: bool = False) -> tuple[Any, Any]:
+    def _read_streamed(self, frames: list[memoryview], decode_leaf: Any) -> tuple[Any, Any]:
+        """Decode a reply from the step stream: a record frame, or an encoded message."""
+        records = self._record_frames
+        if len(frames) == 1 and records is not None and is_record_frame(frames[0]):
+            return records.read_reply(frames[0], decode_leaf)
+        return decode_frames([bytes(frames[0]), *frames[1:]], decode_leaf, self.limits)
+
+    def _read_record(self, frame: Any, decode_leaf: Any) -> tuple[Any, Any]:
         """Decode a step record reply (a single frame: anything after it is drained, and refused)."""
         records = self._record_frames
         assert records is not None
-        if not drained and drain(self._socket):
+        if drain(self._socket):
             raise ProtocolError("a step record reply came with extra frames")
         return records.read_reply(frame, decode_leaf)
 

@@ -317,7 +317,7 @@ def serve_session(
                 continue
             if streamed is not None and streamed.fd in events:
                 streamed.spinner.arrived()
-                _serve_stream(worker, streamed, socket)
+                _serve_stream(worker, streamed)
                 active_at = _tell_active(socket, active_at)
                 if streamed.readable is not None:
                     streamed.spinner.spin_until(streamed.readable)  # the client's next step comes soon
@@ -392,18 +392,15 @@ def _serve_fast_path(worker: SessionWorker, fast: SessionFastPath, socket: zmq.S
         send_frames(socket, reply)
 
 
-def _serve_stream(worker: SessionWorker, streamed: ServerStream, socket: zmq.Socket) -> None:
-    """Take the stream's client, or answer the step record it sent; other replies go to the front."""
+def _serve_stream(worker: SessionWorker, streamed: ServerStream) -> None:
+    """Take the stream's client, or answer the step record it sent (every reply over the stream)."""
     if not streamed.connected:
         streamed.accept()
         return
     frame = streamed.receive()
     if frame is None:
         return  # the client closed it: the front ends the session once the client is gone
-    reply = worker.answer_record([frame])
-    if len(reply) != 1 or not is_record_frame(reply[0]):
-        send_frames(socket, reply)  # an error, or a reply no record can hold
-    elif not streamed.send(reply[0]):
+    if not streamed.send(worker.answer_record([frame])):
         log.warning(
             "closing a session whose client did not read a step reply within %gs (or left)",
             streamed.send_timeout_seconds,

@@ -3,10 +3,12 @@
 A ZeroMQ message crosses two I/O threads on each side, which is most of a round trip on
 loopback (about 120 us where a plain TCP ping-pong takes 35 us). When a tcp endpoint serves
 steps as fixed-size record frames (:class:`rlmesh.record.RecordFrames`) and CURVE is off, the
-handshake offers a second connection that carries only those records: the client writes a
-request record, the session's worker reads it, steps and writes the reply record, each with
-one system call. ZeroMQ keeps the handshake, liveness, every other request and every reply
-that is not a record (errors, non-empty infos), so semantics do not change.
+handshake offers a second connection that carries step requests as those records: the
+client writes a request record, the session's worker reads it, steps and writes the reply,
+each with one system call. A reply is framed (a length, a frame count, the frame lengths,
+then the frames): one record frame, or the frames of an encoded message when no record
+holds it (an error, a non-empty info). ZeroMQ keeps the handshake, liveness and every other
+request, so semantics do not change.
 
 The offer is a port and a random token (sent over the ZeroMQ handshake); a connection that
 does not open with the token is closed. ``RLMESH_TCP_STREAM=0`` turns the stream off for a
@@ -19,8 +21,11 @@ import os
 import secrets
 import select
 import socket
+import struct
+from collections.abc import Sequence
 from typing import Any
 
+from rlmesh.errors import ProtocolError
 from rlmesh.shm.doorbell import Spinner
 
 ENVIRONMENT_SWITCH = "RLMESH_TCP_STREAM"
@@ -30,6 +35,8 @@ TOKEN_BYTES = 16
 _PEER_STALL_S = 5.0
 CONNECT_TIMEOUT_S = 2.0
 _MIN_BUFFER = 1 << 16
+# A reply's prefix: the bytes that follow it, and how many frames they hold.
+_PREFIX = struct.Struct("<II")
 # How long a worker spins for the client's next step after a reply (adaptive, see Spinner):
 # a core that sleeps between steps is handed to others and comes back with cold caches.
 SPIN_SECONDS = 0.0005
@@ -111,19 +118,20 @@ def _peer_waiting(connection: socket.socket) -> bool:
         return False
 
 
-def _write(connection: socket.socket, frame: bytes, timeout_seconds: float) -> bool:
-    """Write ``frame``: one system call when the socket buffer has room, else wait up to the timeout."""
+def _write(connection: socket.socket, parts: Sequence[Any], timeout_seconds: float) -> bool:
+    """Write ``parts`` in order: one system call when the socket buffer has room, else wait up to the timeout."""
+    total = sum(memoryview(part).nbytes for part in parts)
     try:
-        sent = connection.send(frame, socket.MSG_DONTWAIT)
+        sent = connection.sendmsg(parts, [], socket.MSG_DONTWAIT)
     except BlockingIOError:
         sent = 0
     except OSError:
         return False
-    if sent == len(frame):
+    if sent == total:
         return True
     connection.settimeout(timeout_seconds)
     try:
-        connection.sendall(memoryview(frame)[sent:])
+        connection.sendall(memoryview(b"".join(parts))[sent:])
     except OSError:
         return False
     finally:
@@ -131,34 +139,11 @@ def _write(connection: socket.socket, frame: bytes, timeout_seconds: float) -> b
     return True
 
 
-class _ReadableCheck:
-    """A zero-timeout readability test of one socket (``check()``), for spinning on it."""
-
-    def __init__(self, connection: socket.socket) -> None:
-        self._poll = select.poll()
-        self._poll.register(connection, select.POLLIN)
-
-    def __call__(self) -> bool:
-        return bool(self._poll.poll(0))
-
-
-def _nodelay(connection: socket.socket) -> socket.socket:
-    connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return connection
-
-
-def _read_exactly(connection: socket.socket, buffer: bytearray) -> bool:
-    """Fill ``buffer`` from ``connection``; False when the peer closed (or failed) first."""
-    view, got = memoryview(buffer), 0
-    try:
-        while got < len(buffer):
-            count = connection.recv_into(view[got:], len(buffer) - got, socket.MSG_WAITALL)
-            if count == 0:
-                return False
-            got += count
-    except OSError:
-        return False
-    return True
+def _framed(frames: Sequence[Any]) -> list[Any]:
+    """The parts of a framed reply: prefix, frame lengths, frames."""
+    sizes = [memoryview(frame).nbytes for frame in frames]
+    lengths = struct.pack(f"<{len(sizes)}I", *sizes)
+    return [_PREFIX.pack(len(lengths) + sum(sizes), len(sizes)) + lengths, *frames]
 
 
 class ServerStream:
@@ -245,12 +230,13 @@ class ServerStream:
             return None
         return self._request
 
-    def send(self, frame: bytes) -> bool:
-        """Write a reply record; False (the stream closed) when it is not one or the client stopped reading."""
+    def send(self, frames: Sequence[Any]) -> bool:
+        """Write a reply (a record frame, or an encoded message's frames); False when the client
+        stopped reading (or left): the stream is closed then."""
         connection = self._connection
-        if connection is None or len(frame) != self._reply_bytes:
+        if connection is None:
             return False
-        if not _write(connection, frame, self.send_timeout_seconds):
+        if not _write(connection, _framed(frames), self.send_timeout_seconds):
             self.close()
             return False
         return True
@@ -265,11 +251,11 @@ class ServerStream:
 
 
 class ClientStream:
-    """The client side of a session's step stream: one request record out, one reply record in."""
+    """The client side of a session's step stream: request records out, framed replies in."""
 
     def __init__(self, connection: socket.socket, reply_bytes: int) -> None:
         self._connection = connection
-        self._reply = bytearray(reply_bytes)
+        self._buffer = bytearray(max(_MIN_BUFFER, _PREFIX.size + 4 + reply_bytes))
         self.readable = _ReadableCheck(connection)
 
     @classmethod
@@ -305,9 +291,41 @@ class ClientStream:
             return False
         return True
 
-    def receive(self) -> bytearray | None:
-        """The reply record (a reused buffer, valid until the next reply); None when the server closed the stream."""
-        return self._reply if _read_exactly(self._connection, self._reply) else None
+    def receive(self, max_bytes: int, max_frames: int) -> list[memoryview] | None:
+        """The frames of the reply that started to arrive (views of a buffer reused by the next
+        reply); None when the server closed the stream.
+
+        Raises:
+            ProtocolError: a reply over ``max_bytes`` or ``max_frames``, or malformed (the
+                stream is unusable afterwards: close it).
+        """
+        connection, buffer = self._connection, self._buffer
+        try:
+            got = connection.recv_into(buffer)
+            if got == 0:
+                return None
+            connection.settimeout(_PEER_STALL_S)  # the rest is on its way: a stall is a failure
+            if got < _PREFIX.size and not _read_exactly(connection, memoryview(buffer)[got : _PREFIX.size]):  # type: ignore[arg-type]
+                return None
+            body, count = _PREFIX.unpack_from(buffer)
+            if not 0 < count <= max_frames or body > max_bytes + 4 * count:
+                raise ProtocolError(f"step stream reply of {body} bytes in {count} frames exceeds this client's limits")
+            total = _PREFIX.size + body
+            if total > len(buffer):
+                buffer = self._buffer = buffer[:got] + bytearray(total - got)
+            if got < total and not _read_exactly(connection, memoryview(buffer)[max(got, _PREFIX.size) : total]):  # type: ignore[arg-type]
+                return None
+        finally:
+            connection.settimeout(None)
+        sizes = struct.unpack_from(f"<{count}I", buffer, _PREFIX.size)
+        offset = _PREFIX.size + 4 * count
+        if offset + sum(sizes) != total:
+            raise ProtocolError("malformed step stream reply: its frame lengths do not add up")
+        frames, view = [], memoryview(buffer)
+        for size in sizes:
+            frames.append(view[offset : offset + size])
+            offset += size
+        return frames
 
     def close(self) -> None:
         """Close the connection. Idempotent."""

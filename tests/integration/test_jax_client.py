@@ -167,17 +167,20 @@ class _RecordingEnv(RemoteEnvBase[Any, Any]):
 def test_megabyte_observation_shares_the_receive_buffer(serve: Callable[..., EnvServer]) -> None:
     server = serve(MegabyteEnv)
     _RECEIVED.clear()
-    with _RecordingEnv(server.address) as env:
-        obs, _ = env.reset(seed=0)
-        obs, *_ = env.step(1)
-    tensor = _RECEIVED[-1]
-    assert tensor.nbytes == 1 << 20 and tensor.data_ptr % 64 == 0
-    pointer = obs.unsafe_buffer_pointer()
-    assert pointer == tensor.data_ptr  # zero copy after the socket read
-    assert tensor.data_ptr <= pointer < tensor.data_ptr + tensor.nbytes
-    assert float(obs[0, 0]) == 0.5 and float(obs[-1, -1]) == -0.5
-    with pytest.raises(TypeError):
-        obs[0, 0] = 1.0  # immutable
+    try:
+        with _RecordingEnv(server.address) as env:
+            obs, _ = env.reset(seed=0)
+            obs, *_ = env.step(1)
+        tensor = _RECEIVED[-1]
+        assert tensor.nbytes == 1 << 20 and tensor.data_ptr % 64 == 0
+        pointer = obs.unsafe_buffer_pointer()
+        assert pointer == tensor.data_ptr  # zero copy after the socket read
+        assert tensor.data_ptr <= pointer < tensor.data_ptr + tensor.nbytes
+        assert float(obs[0, 0]) == 0.5 and float(obs[-1, -1]) == -0.5
+        with pytest.raises(TypeError):
+            obs[0, 0] = 1.0  # immutable
+    finally:
+        _RECEIVED.clear()  # the receive buffers go back to the pool now, not in a later test
 
 
 def test_megabyte_observation_through_the_public_client(serve: Callable[..., EnvServer]) -> None:
