@@ -62,14 +62,19 @@ def raw_echo_server() -> Iterator[str]:
             process.stdout.close()
 
 
-RAW_UNIX_ECHO_SERVER = r"""
+RAW_SOCKET_ECHO_SERVER = r"""
 import os, socket, sys
-path = sys.argv[1]
-server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-server.bind(path)
-server.listen(1)
-print("ready", flush=True)
+if sys.argv[1] == "unix":
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(sys.argv[2])
+    server.listen(1)
+    print(sys.argv[2], flush=True)
+else:
+    server = socket.create_server(("127.0.0.1", 0))
+    print(server.getsockname()[1], flush=True)
 conn, _ = server.accept()
+if sys.argv[1] == "tcp":
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 while True:
     data = conn.recv(65536)
     if not data or data == b"stop":
@@ -77,86 +82,59 @@ while True:
     conn.sendall(data)
 conn.close()
 server.close()
-os.unlink(path)
+if sys.argv[1] == "unix":
+    os.unlink(sys.argv[2])
 """
 
 
 @contextlib.contextmanager
-def raw_unix_echo() -> Iterator[Callable[[bytes], bytes]]:
-    """A bare Python unix-socket echo peer in a subprocess; yields a ``round_trip(message)``.
-
-    The second floor for same-host transports: one ``sendall`` and one ``recv`` per side,
-    no framing, no ZeroMQ. Messages must be small (one ``recv`` returns the whole echo).
-    """
+def _raw_socket_echo(family: str) -> Iterator[Callable[[bytes], bytes]]:
+    """A bare Python echo peer (``family``: "unix" or "tcp") in a subprocess; yields ``round_trip``."""
     import socket
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = str(Path(tmp) / "echo.sock")
-        process = subprocess.Popen([sys.executable, "-c", RAW_UNIX_ECHO_SERVER, path], stdout=subprocess.PIPE)
-        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        where = ["unix", str(Path(tmp) / "echo.sock")] if family == "unix" else ["tcp"]
+        process = subprocess.Popen(
+            [sys.executable, "-c", RAW_SOCKET_ECHO_SERVER, *where], stdout=subprocess.PIPE, text=True
+        )
+        client: socket.socket | None = None
         try:
             assert process.stdout is not None
-            process.stdout.readline()
-            client.connect(path)
+            bound = process.stdout.readline().strip()
+            if family == "unix":
+                client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                client.connect(bound)
+            else:
+                client = socket.create_connection(("127.0.0.1", int(bound)))
+                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            connected = client
 
             def round_trip(message: bytes) -> bytes:
-                client.sendall(message)
-                return client.recv(65536)
+                connected.sendall(message)
+                return connected.recv(65536)
 
             yield round_trip
             client.sendall(b"stop")
         finally:
-            client.close()
+            if client is not None:
+                client.close()
             process.wait(10)
             if process.stdout:
                 process.stdout.close()
 
 
-RAW_TCP_ECHO_SERVER = r"""
-import socket
-server = socket.create_server(("127.0.0.1", 0))
-print(server.getsockname()[1], flush=True)
-conn, _ = server.accept()
-conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-while True:
-    data = conn.recv(65536)
-    if not data or data == b"stop":
-        break
-    conn.sendall(data)
-conn.close()
-server.close()
-"""
+def raw_unix_echo() -> contextlib.AbstractContextManager[Callable[[bytes], bytes]]:
+    """A bare Python unix-socket echo peer in a subprocess; yields a ``round_trip(message)``.
 
-
-@contextlib.contextmanager
-def raw_tcp_echo() -> Iterator[Callable[[bytes], bytes]]:
-    """A bare Python TCP echo peer on loopback in a subprocess; yields a ``round_trip(message)``.
-
-    The floor of the tcp step stream: one ``sendall`` and one ``recv`` per side (TCP_NODELAY).
-    Messages must be small (one ``recv`` returns the whole echo).
+    The second floor for same-host transports: one ``sendall`` and one ``recv`` per side,
+    no framing, no ZeroMQ. Messages must be small (one ``recv`` returns the whole echo).
     """
-    import socket
+    return _raw_socket_echo("unix")
 
-    process = subprocess.Popen([sys.executable, "-c", RAW_TCP_ECHO_SERVER], stdout=subprocess.PIPE, text=True)
-    client: socket.socket | None = None
-    try:
-        assert process.stdout is not None
-        client = socket.create_connection(("127.0.0.1", int(process.stdout.readline())))
-        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        connected = client
 
-        def round_trip(message: bytes) -> bytes:
-            connected.sendall(message)
-            return connected.recv(65536)
-
-        yield round_trip
-        client.sendall(b"stop")
-    finally:
-        if client is not None:
-            client.close()
-        process.wait(10)
-        if process.stdout:
-            process.stdout.close()
+def raw_tcp_echo() -> contextlib.AbstractContextManager[Callable[[bytes], bytes]]:
+    """A bare Python TCP echo peer on loopback (TCP_NODELAY), as :func:`raw_unix_echo`: the step stream's floor."""
+    return _raw_socket_echo("tcp")
 
 
 def time_calls(call: Callable[[], Any], *, iterations: int, warmup: int = 50, number: int = 1) -> dict[str, float]:

@@ -319,7 +319,7 @@ def serve_session(
                 streamed.spinner.arrived()
                 _serve_stream(worker, streamed)
                 active_at = _tell_active(socket, active_at)
-                if streamed.readable is not None:
+                if streamed.should_spin():
                     streamed.spinner.spin_until(streamed.readable)  # the client's next step comes soon
             # A busy stream must not starve the front's messages (STOP, RELEASE, requests).
             if worker.finished or not readable(socket):

@@ -22,6 +22,7 @@ import secrets
 import select
 import socket
 import struct
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,6 +38,7 @@ CONNECT_TIMEOUT_S = 2.0
 _MIN_BUFFER = 1 << 16
 # A reply's prefix: the bytes that follow it, and how many frames they hold.
 _PREFIX = struct.Struct("<II")
+_COUNT_LOCK = threading.Lock()
 # How long a worker spins for the client's next step after a reply (adaptive, see Spinner):
 # a core that sleeps between steps is handed to others and comes back with cold caches.
 SPIN_SECONDS = 0.0005
@@ -149,12 +151,17 @@ def _framed(frames: Sequence[Any]) -> list[Any]:
 class ServerStream:
     """The server side of one session's step stream, owned by the session's worker.
 
+    Spins briefly for the next request after each reply while it is the process's only
+    connected stream (see :meth:`should_spin`).
+
     Args:
         host: The interface the endpoint is bound to; the stream listens there.
         request_bytes: Size of a request record frame.
         reply_bytes: Size of a reply record frame.
         send_timeout_seconds: Drop the stream of a client that has not read a reply for this long.
     """
+
+    _connected_count = 0  # connected streams in this process (their workers are threads)
 
     def __init__(self, host: str, request_bytes: int, reply_bytes: int, send_timeout_seconds: float) -> None:
         self.host = host
@@ -219,6 +226,8 @@ class ServerStream:
         connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, max(_MIN_BUFFER, 4 * self._reply_bytes))
         connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, max(_MIN_BUFFER, 4 * len(self._request)))
         self._connection = _nodelay(connection)
+        with _COUNT_LOCK:
+            ServerStream._connected_count += 1
         self.readable = _ReadableCheck(connection)
 
     def receive(self) -> bytearray | None:
@@ -241,8 +250,18 @@ class ServerStream:
             return False
         return True
 
+    def should_spin(self) -> bool:
+        """Whether to spin for the next request: only while this is the process's one connected stream.
+
+        Workers of several streams spinning in one process would fight over the GIL.
+        """
+        return self.readable is not None and ServerStream._connected_count == 1
+
     def close(self) -> None:
         """Close the listener and the connection. Idempotent."""
+        if self._connection is not None:
+            with _COUNT_LOCK:
+                ServerStream._connected_count -= 1
         for held in (self._listener, self._connection):
             if held is not None:
                 held.close()
