@@ -320,7 +320,10 @@ class ClientStream:
         """
         connection, buffer = self._connection, self._buffer
         try:
-            got = connection.recv_into(buffer)
+            try:
+                got = connection.recv_into(buffer)
+            except OSError:
+                got = 0  # reset by a server that died: as closed
             if got == 0:
                 return None
             connection.settimeout(_PEER_STALL_S)  # the rest is on its way: a stall is a failure

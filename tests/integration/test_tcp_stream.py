@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import socket
+import struct
 import threading
 import time
 
@@ -187,3 +188,20 @@ def test_a_killed_server_is_noticed_while_a_step_waits(serve_process) -> None:
         with pytest.raises(ConnectionError):
             env.step(1)  # the server dies during this half-second step
         assert time.monotonic() - started < 10
+
+
+def test_a_reset_connection_reads_as_a_closed_stream() -> None:
+    """A server that dies with unread bytes resets the connection (no FIN): that is "closed" too."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        client = stream.ClientStream(socket.create_connection(listener.getsockname()), reply_bytes=48)
+        server_side, _ = listener.accept()
+        client.send(b"unread by the server")
+        time.sleep(0.1)
+        server_side.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        server_side.close()  # unread data and linger 0: the kernel sends RST
+        time.sleep(0.1)
+        assert client.receive(1 << 20, 8) is None
+        client.close()
+    finally:
+        listener.close()
