@@ -173,6 +173,12 @@ class SessionWorker:
             return None
         raise BadRequestError(f"unknown op {op!r}; expected one of {sorted(p.OPS)}")
 
+    def serves_socket_only(self) -> bool:
+        """Whether every request comes over the worker's socket (no shared-memory channel or
+        step stream was set up): only then can the server's front thread serve the session."""
+        fast, stream = self.fast_path, self.stream
+        return (fast is None or fast.fd is None) and (stream is None or stream.fd is None)
+
     def hello(self, payload: Any) -> dict[str, Any]:
         """The handshake reply: protocol version, contract and the server's request limit."""
         check_hello(payload)
@@ -327,10 +333,13 @@ def serve_session(
             frames = recv_frames(socket, copied=1)
             if len(frames) == 1 and frames[0] == STOP:
                 break
-            if len(frames) == 1 and frames[0] == RELEASE and handback is not None and worker.fast_path is None:
-                handback.append(worker)
-                worker, ended = None, RELEASED
-                break
+            if len(frames) == 1 and frames[0] == RELEASE:
+                if handback is not None and worker.serves_socket_only():
+                    handback.append(worker)
+                    worker, ended = None, RELEASED
+                    break
+                socket.send(READY)  # this session stays here: the front resumes forwarding
+                continue
             if fast is not None and fast.has_request(spin=False):
                 _serve_fast_path(worker, fast, socket)  # written before this one was sent
             reply = worker.handle(frames)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -421,10 +422,17 @@ def test_clients_spin_only_while_replies_come_within_the_spin_window(serve_proce
         assert connection._round_trip < 0.05
 
 
-def test_a_session_left_alone_moves_back_to_the_front_thread_with_its_env(serve, monkeypatch) -> None:
-    """Sessions move to worker threads when a second one opens, and back when it has gone."""
-    monkeypatch.setenv(stream.ENVIRONMENT_SWITCH, "0")  # front-thread serving is for ZeroMQ sessions
+@pytest.mark.parametrize("streams", ["off", "declined"])
+def test_a_session_left_alone_moves_back_to_the_front_thread_with_its_env(serve, monkeypatch, streams) -> None:
+    """Sessions move to worker threads when a second one opens, and back when it has gone.
+
+    Front-thread serving is for ZeroMQ sessions: streams turned off everywhere, or offered by
+    the server and declined by the clients.
+    """
+    if streams == "off":
+        monkeypatch.setenv(stream.ENVIRONMENT_SWITCH, "0")
     server = serve(ThreadReportingEnv)
+    connect = functools.partial(rn.RemoteEnv, tcp_stream=False)
     steps = 0
 
     def step(env: rn.RemoteEnv) -> str:
@@ -434,11 +442,11 @@ def test_a_session_left_alone_moves_back_to_the_front_thread_with_its_env(serve,
         assert observation[0] == steps, "the session's env was replaced or reset on the way"
         return info["thread"]
 
-    with rn.RemoteEnv(server.address) as first:
+    with connect(server.address) as first:
         first.reset(seed=0)
         front = step(first)
         assert front.startswith("rlmesh-server")
-        with rn.RemoteEnv(server.address) as second:
+        with connect(server.address) as second:
             second.reset(seed=0)
             assert step(first) == "rlmesh-session"
             second.step(0)
@@ -446,7 +454,7 @@ def test_a_session_left_alone_moves_back_to_the_front_thread_with_its_env(serve,
         while step(first) != front:
             assert time.monotonic() < deadline, "the lone session stayed on its worker thread"
             time.sleep(0.01)
-        with rn.RemoteEnv(server.address) as third:  # and out again for a newcomer
+        with connect(server.address) as third:  # and out again for a newcomer
             third.reset(seed=0)
             assert step(first) == "rlmesh-session"
             assert third.step(0)[0][0] == 1
