@@ -58,7 +58,7 @@ def tcp_host(endpoint: str) -> str | None:
 
 
 class _ReadableCheck:
-    """A zero-timeout readability test of one socket (``check()``), for spinning on it."""
+    """A zero-timeout readability test of one socket (call it), for spinning on it."""
 
     def __init__(self, connection: socket.socket) -> None:
         self._poll = select.poll()
@@ -73,7 +73,7 @@ def _nodelay(connection: socket.socket) -> socket.socket:
     return connection
 
 
-def _read_exactly(connection: socket.socket, buffer: bytearray) -> bool:
+def _read_exactly(connection: socket.socket, buffer: bytearray | memoryview) -> bool:
     """Fill ``buffer`` from ``connection`` (blocking, with its timeout); False when the peer closed or failed first."""
     view, got = memoryview(buffer), 0
     try:
@@ -104,8 +104,7 @@ def _read_waiting(connection: socket.socket, buffer: bytearray, stall_seconds: f
         return False  # readable with nothing to read: the peer closed
     connection.settimeout(stall_seconds)
     try:
-        view = memoryview(buffer)[got:]
-        return _read_exactly(connection, view)  # type: ignore[arg-type]
+        return _read_exactly(connection, memoryview(buffer)[got:])
     finally:
         connection.settimeout(None)
 
@@ -327,7 +326,7 @@ class ClientStream:
             if got == 0:
                 return None
             connection.settimeout(_PEER_STALL_S)  # the rest is on its way: a stall is a failure
-            if got < _PREFIX.size and not _read_exactly(connection, memoryview(buffer)[got : _PREFIX.size]):  # type: ignore[arg-type]
+            if got < _PREFIX.size and not _read_exactly(connection, memoryview(buffer)[got : _PREFIX.size]):
                 return None
             body, count = _PREFIX.unpack_from(buffer)
             if not 0 < count <= max_frames or body > max_bytes + 4 * count:
@@ -335,7 +334,7 @@ class ClientStream:
             total = _PREFIX.size + body
             if total > len(buffer):
                 buffer = self._buffer = buffer[:got] + bytearray(total - got)
-            if got < total and not _read_exactly(connection, memoryview(buffer)[max(got, _PREFIX.size) : total]):  # type: ignore[arg-type]
+            if got < total and not _read_exactly(connection, memoryview(buffer)[max(got, _PREFIX.size) : total]):
                 return None
         finally:
             connection.settimeout(None)
