@@ -462,6 +462,23 @@ def test_a_session_left_alone_moves_back_to_the_front_thread_with_its_env(serve,
     still_serves(server.address)
 
 
+def test_a_session_that_declined_shared_memory_is_handed_back_when_left_alone(serve, tmp_path) -> None:
+    """On a unix server offering shared memory, a ZeroMQ-only session opened on a worker thread
+    (another session was there) goes back to the front once alone, and never stalls on the way."""
+    server = serve(ThreadReportingEnv, f"unix://{tmp_path}/env.sock")
+    with rn.RemoteEnv(server.address) as first:
+        first.reset(seed=0)
+        with rn.RemoteEnv(server.address, shared_memory=False, request_timeout_seconds=10) as second:
+            second.reset(seed=0)
+            assert second.step(0)[4]["thread"] == "rlmesh-session"
+            first.close()
+            deadline = time.monotonic() + 5.0
+            while second.step(0)[4]["thread"] == "rlmesh-session":
+                assert time.monotonic() < deadline, "the lone session stayed on its worker thread"
+                time.sleep(0.01)
+    still_serves(server.address)
+
+
 def test_a_session_with_slow_steps_stays_on_its_worker_thread_when_left_alone(serve, monkeypatch) -> None:
     monkeypatch.setenv(stream.ENVIRONMENT_SWITCH, "0")  # front-thread serving is for ZeroMQ sessions
     server = serve(ThreadReportingEnv)
