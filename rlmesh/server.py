@@ -125,8 +125,8 @@ class ServeOptions:
             message.
         tcp_stream: Offer clients of a tcp endpoint without CURVE a step stream: a plain TCP
             connection beside ZeroMQ that carries step records (:mod:`rlmesh.stream`), served
-            by the session's own worker thread (not with process isolation). False (or ``RLMESH_TCP_STREAM=0`` in the
-            environment) serves every message over ZeroMQ.
+            by the session's own worker thread (not with process isolation). False (or
+            ``RLMESH_TCP_STREAM=0`` in the environment) serves every message over ZeroMQ.
         shared_memory: Offer clients of a unix-socket endpoint (same host, sandboxes included)
             a shared-memory data plane: requests and replies are written in place in a region
             file beside the socket, ZeroMQ keeping the handshake, liveness and messages too
@@ -206,7 +206,8 @@ class _Session:
         self.process: Any = None
         self.inline: SessionWorker | None = None  # served on the front thread itself
         self.handback: list[SessionWorker] = []  # where its thread worker puts itself on RELEASE
-        # Stays on a worker thread: a request too slow for the front, or a shared-memory channel.
+        # Stays on a worker thread: a request too slow for the front, a shared-memory channel
+        # or a step stream.
         self.pinned = False
 
 
@@ -581,12 +582,12 @@ class EnvServer:
         session = _Session(identity, (next(self._worker_ids)).to_bytes(8, "little"))
         alone = not self._sessions and not self._workers
         planes = self._planes
-        channel = (planes.shared_memory_path is not None and bool(hello.get("shared_memory"))) or (
+        bypasses_front = (planes.shared_memory_path is not None and bool(hello.get("shared_memory"))) or (
             planes.stream_host is not None and bool(hello.get("tcp_stream"))
         )
         # A channel's (or stream's) requests are served by a worker thread polling it; any other
         # session alone on a thread-isolated server is served on the front, with no hand-off.
-        if alone and not self._processes and not channel:
+        if alone and not self._processes and not bypasses_front:
             session.inline = self._worker_factory()()
             session.ready = True
             self._sessions[identity] = session
@@ -600,7 +601,7 @@ class EnvServer:
             else:
                 self._start_process(session)
         else:
-            session.pinned = channel
+            session.pinned = bypasses_front
             session.thread = start_thread_worker(
                 self._worker_factory(),
                 self._backend_endpoint,

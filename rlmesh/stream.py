@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rlmesh.errors import ProtocolError
-from rlmesh.shm.doorbell import Spinner
+from rlmesh.shm.doorbell import Spinner, worker_spinner
 
 ENVIRONMENT_SWITCH = "RLMESH_TCP_STREAM"
 TOKEN_BYTES = 16
@@ -39,9 +39,6 @@ _MIN_BUFFER = 1 << 16
 # A reply's prefix: the bytes that follow it, and how many frames they hold.
 _PREFIX = struct.Struct("<II")
 _COUNT_LOCK = threading.Lock()
-# How long a worker spins for the client's next step after a reply (adaptive, see Spinner):
-# a core that sleeps between steps is handed to others and comes back with cold caches.
-SPIN_SECONDS = 0.0005
 
 
 def enabled() -> bool:
@@ -180,7 +177,7 @@ class ServerStream:
         process competes for the GIL and the cores, so the worker does not spin for it.
         """
         self.close()  # a repeated handshake replaces the stream
-        self.spinner = Spinner(0.0 if client_pid == os.getpid() else SPIN_SECONDS)
+        self.spinner = worker_spinner(client_pid)
         host = "" if self.host in ("*", "0.0.0.0") else self.host
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:

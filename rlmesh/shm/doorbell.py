@@ -192,3 +192,17 @@ def _unlink(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+# How long a session worker spins for its client's next request after a reply (adaptive,
+# see Spinner): an agent stepping back to back sends it within tens of microseconds, and a
+# core that sleeps between steps comes back with cold caches.
+WORKER_SPIN_SECONDS = 0.0005
+
+
+def worker_spinner(client_pid: object) -> Spinner:
+    """A session worker's spinner for the client whose handshake gave ``client_pid``.
+
+    A client in this very process competes for the GIL and the cores: no spinning for it.
+    """
+    return Spinner(0.0 if client_pid == os.getpid() else WORKER_SPIN_SECONDS)

@@ -8,21 +8,17 @@ then on the worker polls :attr:`SessionFastPath.fd` beside its socket and, when
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any, Protocol
 
 from rlmesh.codec import DEFAULT_LIMITS, Limits
 from rlmesh.record import StepRecord
 from rlmesh.shm.channel import ServerChannel, space_bytes
-from rlmesh.shm.doorbell import RECHECK_SECONDS, Spinner
+from rlmesh.shm.doorbell import RECHECK_SECONDS, Spinner, worker_spinner
 from rlmesh.shm.region import Layout
 from rlmesh.specs import EnvContract
 
 log = logging.getLogger("rlmesh.server")
 
-# How long a worker spins for the next request after a reply (adaptive, see Spinner):
-# an agent stepping back to back sends it within tens of microseconds.
-SPIN_SECONDS = 0.0005
 RECHECK_MS = max(1, int(RECHECK_SECONDS * 1000))
 
 
@@ -69,8 +65,7 @@ class SessionFastPath:
             return None
         if hello.get("step_records"):
             self.channel.use_records(StepRecord.for_contract(self.contract))
-        # A client in this very process competes for the GIL and cores: do not spin for it.
-        self.spinner = Spinner(0.0 if hello.get("pid") == os.getpid() else SPIN_SECONDS)
+        self.spinner = worker_spinner(hello.get("pid"))
         return {**self.channel.offer_payload(), "step_records": self.channel.record is not None}
 
     @property
