@@ -34,7 +34,8 @@ MODE_FLAGS = {
     "local": ["--local"],
     "embedded": [],
     "two-servers": ["--servers", "2"],
-    "double-buffer": ["--servers", "2", "--double-buffer"],
+    "double-buffer": ["--double-buffer"],
+    "double-buffer-two-servers": ["--servers", "2", "--double-buffer"],
     "sandbox": ["--sandbox"],
     "jit-rollout": ["--jit-rollout"],
 }

@@ -8,13 +8,15 @@ mode, the modes taking turns rollout by rollout:
 
 * ``local``: ``gymnasium.make_vec(..., vectorization_mode="sync")`` in process;
 * ``embedded``: one ``rlmesh serve`` process on a unix socket (the shared-memory fast path),
-  ``rlmesh.jax.RemoteVectorEnv`` (the example's default);
+  driven by a ``rlmesh.numpy.RemoteVectorEnv`` as the example drives it;
 * ``two-servers``: the lanes split over two server processes, stepped in parallel;
-* ``double-buffer``: the two servers as two lane groups, one group's policy computed while
-  the other steps (``DoubleBufferedCollector``).
+* ``double-buffer``: two sessions of half the lanes on one server, as two lane groups, one
+  group's policy computed while the other steps (``DoubleBufferedCollector``);
+* ``double-buffer-two-servers``: the same with each group on its own server process.
 
-The policy runs inline on the CPU, as the example runs it (``jax_cpu_enable_async_dispatch``
-off). Target (issue 12): remote at least as many env steps per second as ``local``.
+The policy runs inline on the CPU, as the example runs it
+(:func:`rlmesh.integrations.ppo.cpu.run_small_policies_inline`). Target (issue 12): remote at
+least as many env steps per second as ``local``.
 
 Usage (from the repository root):
   python -m benchmarks.ppo_collect [--rounds 15] [--num-envs 8] [--num-steps 128]
@@ -35,13 +37,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import rlmesh.jax
+import rlmesh.numpy
 from benchmarks import harness
 from rlmesh.integrations.ppo import DoubleBufferedCollector, PythonCollector, actor_critic_for
+from rlmesh.integrations.ppo.cpu import run_small_policies_inline
 from rlmesh.integrations.ppo.rollout import CollectorState, initial_state
 from rlmesh.launch import launch_server
 
-MODES = ("local", "embedded", "two-servers", "double-buffer")
+MODES = ("local", "embedded", "two-servers", "double-buffer", "double-buffer-two-servers")
 ENV_ID = "CartPole-v1"
 
 
@@ -51,14 +54,19 @@ def _collector(mode: str, stack: contextlib.ExitStack, folder: str, lanes: int, 
         env = gym.make_vec(ENV_ID, num_envs=lanes, vectorization_mode="sync")
         stack.callback(env.close)
         return PythonCollector(env, apply_fn, np.asarray)
-    servers = 1 if mode == "embedded" else 2
+    servers = 1 if mode in ("embedded", "double-buffer") else 2
+    server_lanes = lanes // 2 if mode == "double-buffer" else lanes  # two sessions of half the lanes
     launched = stack.enter_context(
-        launch_server(ENV_ID, num_envs=lanes, servers=servers, address=f"unix://{folder}/{mode}.sock")
+        launch_server(ENV_ID, num_envs=server_lanes, servers=servers, address=f"unix://{folder}/{mode}.sock")
     )
-    if mode == "double-buffer":
-        envs = [stack.enter_context(rlmesh.jax.RemoteVectorEnv([address])) for address in launched.addresses]
-        return DoubleBufferedCollector(envs, apply_fn, np.asarray)
-    return PythonCollector(stack.enter_context(rlmesh.jax.RemoteVectorEnv(launched.addresses)), apply_fn, np.asarray)
+
+    def client(addresses: list[str]) -> Any:  # as examples/ppo_cartpole.py connects
+        return stack.enter_context(rlmesh.numpy.RemoteVectorEnv(addresses, validate_actions=False))
+
+    if mode.startswith("double-buffer"):
+        groups = launched.addresses * 2 if mode == "double-buffer" else launched.addresses
+        return DoubleBufferedCollector([client([address]) for address in groups], apply_fn, np.asarray)
+    return PythonCollector(client(launched.addresses), apply_fn, np.asarray)
 
 
 def _first_state(collector: Any, seed: int) -> CollectorState:
@@ -108,8 +116,7 @@ def main() -> None:
     parser.add_argument("--num-envs", type=int, default=8)
     parser.add_argument("--num-steps", type=int, default=128)
     args = parser.parse_args()
-    if "jax_cpu_enable_async_dispatch" in jax.config.values:
-        jax.config.update("jax_cpu_enable_async_dispatch", False)  # as examples/ppo_cartpole.py
+    run_small_policies_inline()  # as examples/ppo_cartpole.py
     rows = measure(args.modes, args.rounds, args.num_envs, args.num_steps)
     harness.print_table(
         f"PPO rollout collection, {args.num_envs} {ENV_ID} lanes x {args.num_steps} steps "

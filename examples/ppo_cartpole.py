@@ -8,9 +8,9 @@ small machine. Other env backends, with everything else equal:
 * ``--servers K`` splits the lanes over K server processes, stepped in parallel,
 * ``--ray K`` splits the lanes over K servers hosted as Ray actors (``rlmesh[ray]``; a private
   local Ray, or the cluster at ``$RAY_ADDRESS``),
-* ``--double-buffer`` (with two or more servers, Ray servers or addresses) drives them as two
-  lane groups and runs one group's policy while the other group steps; it pays off when an env
-  step costs more than a policy call,
+* ``--double-buffer`` drives the lanes as two groups and runs one group's policy while the
+  other group steps (two sessions of one server, or two halves of ``--servers``, Ray servers or
+  addresses); it pays off when an env step costs more than a policy call,
 * ``--address tcp://host:port[,tcp://...]`` uses already running rlmesh endpoints,
 * ``--sandbox`` serves the env from a :class:`rlmesh.jax.SandboxVectorEnv`,
 * ``--local`` steps an in-process ``gymnasium.make_vec`` env (the comparison baseline),
@@ -45,6 +45,7 @@ from flax.training.train_state import TrainState
 from tqdm import tqdm
 
 import rlmesh.jax
+import rlmesh.numpy
 from rlmesh.integrations.ppo import (
     DoubleBufferedCollector,
     LossConfig,
@@ -58,13 +59,8 @@ from rlmesh.integrations.ppo import (
     make_scan_collector,
     make_update_fn,
 )
+from rlmesh.integrations.ppo.cpu import run_small_policies_inline
 from rlmesh.launch import launch_server, split_lanes
-
-# A policy this small runs faster in the calling thread than on XLA's CPU dispatch thread:
-# the hand-off and wake-up per call cost more than the network (145 -> 80 us per policy
-# call here). Every mode, --local included, runs with this setting.
-if "jax_cpu_enable_async_dispatch" in jax.config.values:
-    jax.config.update("jax_cpu_enable_async_dispatch", False)
 
 
 def arg(default: Any, help: str) -> Any:
@@ -87,8 +83,8 @@ class Args:
     servers: int = arg(1, "Server processes the embedded endpoint's lanes are split over.")
     double_buffer: bool = arg(
         False,
-        "Drive the endpoints as two lane groups: one group's policy runs while the other steps "
-        "(needs two or more servers, Ray servers or addresses).",
+        "Drive the lanes as two groups, one group's policy running while the other steps (one "
+        "server: two sessions of half the lanes each; several endpoints: their two halves).",
     )
     ray: int = arg(0, "Split the lanes over this many Ray-hosted servers instead of --servers processes (0: no Ray).")
     address: str = arg("", "Train against already running rlmesh endpoints (comma-separated addresses).")
@@ -144,12 +140,12 @@ def parse_args(argv: list[str] | None = None) -> Args:
         parser.error(f"--servers {args.servers} is more than --num-envs {args.num_envs}; give each server a lane")
     if args.double_buffer and (args.local or args.sandbox or args.jit_rollout):
         parser.error("--double-buffer drives two groups of rlmesh endpoints; drop --local, --sandbox or --jit-rollout")
-    endpoints = len([a for a in args.address.split(",") if a.strip()]) if args.address else args.ray or args.servers
-    if args.double_buffer and endpoints < 2:
-        parser.error(
-            f"--double-buffer needs two or more endpoints to split into two groups, got {endpoints}; "
-            "add --servers 2 (or more addresses)"
-        )
+    if args.double_buffer and args.address and len([a for a in args.address.split(",") if a.strip()]) < 2:
+        parser.error(f"--double-buffer needs two or more --address endpoints to split into two groups, got {args.address!r}")
+    if args.double_buffer and args.ray == 1:
+        parser.error("--double-buffer needs two or more Ray servers to split into two groups; use --ray 2")
+    if args.double_buffer and args.servers == 1 and args.num_envs % 2:
+        parser.error(f"--double-buffer on one server gives each session half the lanes; --num-envs {args.num_envs} is odd")
     return args
 
 
@@ -186,11 +182,22 @@ def open_envs(args: Args) -> Iterator[list[Any]]:
             # A unix socket: same-host clients get the shared-memory fast path.
             folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="ppo-cartpole-"))
             address = f"unix://{folder}/env.sock"
-            server = launch_server(args.env_id, num_envs=args.num_envs, servers=args.servers, address=address)
+            # Double-buffered on one server: two sessions (two groups) of half the lanes each.
+            one_server_groups = args.double_buffer and args.servers == 1
+            lanes = args.num_envs // 2 if one_server_groups else args.num_envs
+            server = launch_server(args.env_id, num_envs=lanes, servers=args.servers, address=address)
             addresses = stack.enter_context(server).addresses
+            if one_server_groups:
+                addresses = addresses * 2
         half = len(addresses) // 2
         groups = [addresses[:half], addresses[half:]] if args.double_buffer else [addresses]
-        yield [stack.enter_context(contextlib.closing(rlmesh.jax.RemoteVectorEnv(group))) for group in groups]
+        # The NumPy client: the jitted policy takes NumPy observations as they are and the rollout
+        # is stacked on the host, so importing every leaf into JAX per step would only add work.
+        # The policy's samples are valid actions by construction (the server still checks them).
+        yield [
+            stack.enter_context(contextlib.closing(rlmesh.numpy.RemoteVectorEnv(group, validate_actions=False)))
+            for group in groups
+        ]
 
 
 def _action_transform(space: Any, xp: Any) -> Any:
@@ -417,6 +424,10 @@ def describe(summary: dict[str, Any], args: Args) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: parse flags, train, print the summary; returns the exit code."""
     args = parse_args(argv)
+    # A policy this small runs faster in the calling thread than on XLA's dispatch thread and
+    # intra-op pool: the wake-ups per call cost more than the network (see
+    # rlmesh.integrations.ppo.cpu). Every mode, --local included, runs with these settings.
+    run_small_policies_inline()
     try:
         summary = train(args)
     except KeyboardInterrupt:  # before training started (servers starting, compiling)

@@ -60,13 +60,15 @@ def _check_outputs(out_dir: Path, num_envs: int) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-def test_example_smoke_with_embedded_server(tmp_path: Path) -> None:
-    """No backend flag: the example starts ``rlmesh serve`` itself (here 2 servers, double-buffered)."""
+@pytest.mark.parametrize("servers", [1, 2])
+def test_example_smoke_with_embedded_server(tmp_path: Path, servers: int) -> None:
+    """No backend flag: the example starts ``rlmesh serve`` itself, here double-buffered: two
+    sessions of one server, or the two halves of two servers."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
     out = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, str(EXAMPLE), *TINY, "--servers", "2", "--double-buffer", "--out-dir", str(out)],
+        [sys.executable, str(EXAMPLE), *TINY, "--servers", str(servers), "--double-buffer", "--out-dir", str(out)],
         env=env,
         capture_output=True,
         text=True,
@@ -75,7 +77,7 @@ def test_example_smoke_with_embedded_server(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = _check_outputs(out, 4)
-    assert summary["mode"] == "embedded" and summary["servers"] == 2 and summary["double_buffer"]
+    assert summary["mode"] == "embedded" and summary["servers"] == servers and summary["double_buffer"]
 
 
 @pytest.mark.slow
@@ -168,7 +170,13 @@ def test_ctrl_c_saves_what_it_has_and_exits_without_a_traceback(tmp_path: Path) 
 
 @pytest.mark.parametrize(
     "flags",
-    [["--servers", "9", "--num-envs", "4"], ["--double-buffer"], ["--double-buffer", "--servers", "2", "--local"]],
+    [
+        ["--servers", "9", "--num-envs", "4"],
+        ["--double-buffer", "--num-envs", "5"],
+        ["--double-buffer", "--address", "tcp://127.0.0.1:5555"],
+        ["--double-buffer", "--ray", "1"],
+        ["--double-buffer", "--servers", "2", "--local"],
+    ],
 )
 def test_bad_backend_flags_are_usage_errors(flags: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     example = _load_example()
