@@ -141,11 +141,13 @@ def parse_args(argv: list[str] | None = None) -> Args:
     if args.double_buffer and (args.local or args.sandbox or args.jit_rollout):
         parser.error("--double-buffer drives two groups of rlmesh endpoints; drop --local, --sandbox or --jit-rollout")
     if args.double_buffer and args.address and len([a for a in args.address.split(",") if a.strip()]) < 2:
-        parser.error(f"--double-buffer needs two or more --address endpoints to split into two groups, got {args.address!r}")
+        parser.error(f"--double-buffer needs two or more --address endpoints to split in two, got {args.address!r}")
     if args.double_buffer and args.ray == 1:
         parser.error("--double-buffer needs two or more Ray servers to split into two groups; use --ray 2")
     if args.double_buffer and args.servers == 1 and args.num_envs % 2:
-        parser.error(f"--double-buffer on one server gives each session half the lanes; --num-envs {args.num_envs} is odd")
+        parser.error(
+            f"--double-buffer on one server gives two sessions half the lanes each; --num-envs {args.num_envs} is odd"
+        )
     return args
 
 
