@@ -72,81 +72,107 @@ def make_greedy_fn(apply_fn: ApplyFn) -> Callable[[Any, Any], jax.Array]:
     return jax.jit(lambda params, obs: distributions.mode(apply_fn(params, jnp.asarray(obs))[0]))
 
 
-@jax.jit
-def _assemble(
-    obs: list[jax.Array],
-    actions: list[jax.Array],
-    logprobs: list[jax.Array],
-    values: list[jax.Array],
-    rewards: list[Any],
-    terminations: list[Any],
-    truncations: list[Any],
-    first_valid: jax.Array,
-    last_value: jax.Array,
-) -> Rollout:
-    term = jnp.stack(terminations).astype(bool)
-    trunc = jnp.stack(truncations).astype(bool)
-    return Rollout(
-        obs=jnp.stack(obs),
-        actions=jnp.stack(actions),
-        logprobs=jnp.stack(logprobs),
-        values=jnp.stack(values),
-        rewards=jnp.stack(rewards).astype(jnp.float32),
-        terminations=term,
-        truncations=trunc,
-        valid=reset_step_mask(term | trunc, first_valid),
-        last_value=last_value,
-    )
+class PackedAct:
+    """:func:`policy_step` as one jitted call whose sample, log-prob and value come back in one array.
 
-
-class PythonCollector:
-    """Collects rollouts by stepping a Gymnasium-style vector env from a Python loop.
+    A small JAX array costs a few microseconds to bring to the host, as much per array as the
+    policy's own dispatch, and a jitted call costs as much again per array argument. So the
+    collectors take one host copy per step (the env needs the action on the host anyway): the
+    step's outputs travel as the bytes of one ``(N, B)`` uint8 array, split again on the host
+    without changing a bit, and the rollout stays in NumPy until one jitted assembly.
 
     Args:
-        env: Vector env with ``step(actions) -> (obs, rewards, terminations, truncations,
-            infos)`` (a Gymnasium vector env, ``rlmesh.jax.RemoteVectorEnv``, ...).
         apply_fn: ``apply_fn(params, obs) -> (policy_output, values)``.
-        to_env_action: Turns the sampled action batch into what ``env.step`` accepts
-            (default: a NumPy array). Clip Box actions here; storage keeps the raw sample.
     """
 
-    def __init__(
-        self,
-        env: Any,
-        apply_fn: ApplyFn,
-        to_env_action: Callable[[jax.Array], Any] = np.asarray,
-    ) -> None:
-        self.env = env
-        self.to_env_action = to_env_action
-        self._act = make_act_fn(apply_fn)
-        self._value = make_value_fn(apply_fn)
+    def __init__(self, apply_fn: ApplyFn) -> None:
+        self._apply_fn = apply_fn
+        self._jitted = jax.jit(self._packed)
+        self._layouts: dict[tuple[Any, ...], tuple[tuple[int, int, np.dtype, tuple[int, ...]], ...]] = {}
 
-    def collect(self, params: Any, state: CollectorState, num_steps: int) -> tuple[Rollout, CollectorState]:
-        """Run ``num_steps`` vector steps; return the rollout and the state to continue from."""
-        obs, key = state.obs, state.key
-        cols: tuple[list[Any], ...] = tuple([] for _ in range(7))
-        for _ in range(num_steps):
-            action, logprob, value, key = self._act(params, obs, key)
-            next_obs, reward, term, trunc, _ = self.env.step(self.to_env_action(action))
-            step = (obs, action, logprob, value, reward, term, trunc)
-            for col, x in zip(cols, step, strict=True):
-                col.append(x)
-            obs = next_obs
-        obs = jnp.asarray(obs)
-        rollout = _assemble(*cols, state.first_valid, self._value(params, obs))
-        done_last = rollout.terminations[-1] | rollout.truncations[-1]
-        return rollout, CollectorState(obs, ~done_last, key, state.env_state)
+    def _packed(self, params: Any, obs: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        action, logprob, value, key = policy_step(self._apply_fn, params, obs, key)
+        return jnp.concatenate([_as_bytes(x) for x in (action, logprob, value)], axis=1), key
+
+    def __call__(self, params: Any, obs: Any, key: jax.Array) -> tuple[np.ndarray, jax.Array]:
+        """``(packed, next_key)``: ``packed`` is the host copy of the step's outputs, ``(N, B)`` uint8."""
+        packed, key = self._jitted(params, obs, key)
+        return np.asarray(packed), key
+
+    def layout(self, params: Any, obs: Any, key: jax.Array) -> tuple[tuple[int, int, np.dtype, tuple[int, ...]], ...]:
+        """Byte range, dtype and per-lane shape of action, log-prob and value in ``packed``."""
+        shape, dtype = tuple(np.shape(obs)), np.dtype(getattr(obs, "dtype", np.float32))
+        cached = self._layouts.get((shape, dtype))
+        if cached is None:
+            outs = jax.eval_shape(lambda p, o, k: policy_step(self._apply_fn, p, o, k)[:3], params, obs, key)
+            start, parts = 0, []
+            for out in outs:
+                lane_shape, out_dtype = tuple(out.shape[1:]), np.dtype(out.dtype)
+                nbytes = int(np.prod(lane_shape, dtype=np.int64)) * out_dtype.itemsize
+                parts.append((start, start + nbytes, out_dtype, lane_shape))
+                start += nbytes
+            cached = self._layouts[(shape, dtype)] = tuple(parts)
+        return cached
+
+
+def _as_bytes(x: jax.Array) -> jax.Array:
+    """``x`` as ``(N, bytes per lane)`` uint8, bit for bit (bool as one byte)."""
+    x = x.reshape(x.shape[0], -1)
+    if x.dtype == jnp.bool_:
+        x = x.astype(jnp.uint8)
+    return jax.lax.bitcast_convert_type(x, jnp.uint8).reshape(x.shape[0], -1)
+
+
+def _unpack(packed: np.ndarray, part: tuple[int, int, np.dtype, tuple[int, ...]]) -> np.ndarray:
+    """One output back from ``packed`` (``(..., N, B)``): ``(..., N, *shape)`` of its dtype."""
+    start, end, dtype, shape = part
+    return np.ascontiguousarray(packed[..., start:end]).view(dtype).reshape(*packed.shape[:-1], *shape)
+
+
+class _Columns:
+    """One lane group's transitions, kept on the host while the rollout is collected."""
+
+    __slots__ = ("obs", "packed", "rewards", "terminations", "truncations")
+
+    def __init__(self) -> None:
+        self.obs: list[Any] = []
+        self.packed: list[np.ndarray] = []
+        self.rewards: list[Any] = []
+        self.terminations: list[Any] = []
+        self.truncations: list[Any] = []
+
+    def add(self, obs: Any, packed: np.ndarray, step: tuple[Any, ...]) -> None:
+        """Record one step: the observation acted on, the packed outputs and ``env.step``'s result."""
+        self.obs.append(obs)
+        self.packed.append(packed)
+        self.rewards.append(step[1])
+        self.terminations.append(step[2])
+        self.truncations.append(step[3])
+
+    def stacked(self, layout: tuple[tuple[int, int, np.dtype, tuple[int, ...]], ...]) -> tuple[Any, ...]:
+        """``(obs, actions, logprobs, values, rewards, terminations, truncations)``, time-major."""
+        packed = np.stack(self.packed)
+        outputs = tuple(_unpack(packed, part) for part in layout)
+        return (_stack(self.obs), *outputs, _stack(self.rewards), _stack(self.terminations), _stack(self.truncations))
+
+
+def _stack(column: list[Any]) -> Any:
+    """NumPy steps stacked on the host (cheap); anything else left for the jitted assembly to stack.
+
+    The first step may differ: its observation comes from the collector state (a JAX array).
+    """
+    if all(type(x) is np.ndarray for x in column[1:]):
+        return np.stack([np.asarray(column[0]), *column[1:]])
+    return column
 
 
 @jax.jit
-def _assemble_groups(
-    groups: tuple[tuple[list[Any], ...], ...], first_valid: jax.Array, last_value: jax.Array
-) -> Rollout:
-    """Stack each lane group's columns over time, then join the groups along the lane axis."""
+def _assemble(groups: tuple[tuple[Any, ...], ...], first_valid: jax.Array, last_value: jax.Array) -> Rollout:
+    """Join lane groups' time-major columns along the lane axis into one :class:`Rollout`."""
 
     def column(i: int, dtype: Any = None) -> jax.Array:
-        stacked = [jnp.stack(group[i]) for group in groups]
-        joined = jnp.concatenate(stacked, axis=1)
+        parts = [group[i] if not isinstance(group[i], list) else jnp.stack(group[i]) for group in groups]
+        joined = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
         return joined if dtype is None else joined.astype(dtype)
 
     term, trunc = column(5, bool), column(6, bool)
@@ -163,13 +189,52 @@ def _assemble_groups(
     )
 
 
+class PythonCollector:
+    """Collects rollouts by stepping a Gymnasium-style vector env from a Python loop.
+
+    Args:
+        env: Vector env with ``step(actions) -> (obs, rewards, terminations, truncations,
+            infos)`` (a Gymnasium vector env, ``rlmesh.numpy.RemoteVectorEnv``, ...).
+        apply_fn: ``apply_fn(params, obs) -> (policy_output, values)``.
+        to_env_action: Turns the sampled action batch (a NumPy array) into what ``env.step``
+            accepts (default: as is). Clip Box actions here; storage keeps the raw sample.
+    """
+
+    def __init__(
+        self,
+        env: Any,
+        apply_fn: ApplyFn,
+        to_env_action: Callable[[np.ndarray], Any] = np.asarray,
+    ) -> None:
+        self.env = env
+        self.to_env_action = to_env_action
+        self._act = PackedAct(apply_fn)
+        self._value = make_value_fn(apply_fn)
+
+    def collect(self, params: Any, state: CollectorState, num_steps: int) -> tuple[Rollout, CollectorState]:
+        """Run ``num_steps`` vector steps; return the rollout and the state to continue from."""
+        obs, key = state.obs, state.key
+        act, columns = self._act, _Columns()
+        layout = act.layout(params, obs, key)
+        for _ in range(num_steps):
+            packed, key = act(params, obs, key)
+            step = self.env.step(self.to_env_action(_unpack(packed, layout[0])))
+            columns.add(obs, packed, step)
+            obs = step[0]
+        obs = jnp.asarray(obs)
+        rollout = _assemble((columns.stacked(layout),), state.first_valid, self._value(params, obs))
+        done_last = rollout.terminations[-1] | rollout.truncations[-1]
+        return rollout, CollectorState(obs, ~done_last, key, state.env_state)
+
+
 class DoubleBufferedCollector:
     """Collects rollouts from two lane groups, computing one group's policy while the other steps.
 
     The Sample Factory scheme: each group is its own vector env (for example one rlmesh
-    endpoint each), driven with ``step_async``/``step_wait``. After group A's step returns, the
-    policy for A runs while group B's step is still in flight on its endpoint, and the other
-    way round, so neither the envs nor the learner sit idle waiting for each other.
+    endpoint each, or two sessions of one server), driven with ``step_async``/``step_wait``.
+    After group A's step returns, the policy for A runs while group B's step is still in
+    flight on its endpoint, and the other way round, so neither the envs nor the learner sit
+    idle waiting for each other.
 
     The rollout has the lanes of ``envs[0]`` first, then those of ``envs[1]``; each group draws
     its actions from its own key, so the samples differ from :class:`PythonCollector`'s for
@@ -189,14 +254,14 @@ class DoubleBufferedCollector:
         self,
         envs: Sequence[Any],
         apply_fn: ApplyFn,
-        to_env_action: Callable[[jax.Array], Any] = np.asarray,
+        to_env_action: Callable[[np.ndarray], Any] = np.asarray,
     ) -> None:
         if len(envs) != 2:
             raise ValueError(f"DoubleBufferedCollector takes two lane groups (vector envs), got {len(envs)}")
         self.envs = tuple(envs)
         self.sizes = tuple(int(env.num_envs) for env in envs)
         self.to_env_action = to_env_action
-        self._act = make_act_fn(apply_fn)
+        self._act = PackedAct(apply_fn)
         self._value = make_value_fn(apply_fn)
 
     def reset(self, seed: int | None = None) -> Any:
@@ -208,29 +273,30 @@ class DoubleBufferedCollector:
 
     def collect(self, params: Any, state: CollectorState, num_steps: int) -> tuple[Rollout, CollectorState]:
         """Run ``num_steps`` vector steps on both groups; return the joined rollout and next state."""
-        first = self.sizes[0]
+        first, act = self.sizes[0], self._act
         key, *group_keys = jax.random.split(state.key, 3)
         observations = [state.obs[:first], state.obs[first:]]
-        columns: list[tuple[list[Any], ...]] = [tuple([] for _ in range(7)) for _ in self.envs]
-        pending: list[tuple[Any, ...]] = [(), ()]
+        layouts = [act.layout(params, obs, key) for obs in observations]
+        columns = [_Columns(), _Columns()]
+        pending: list[np.ndarray] = [np.empty(0), np.empty(0)]
 
         def send(group: int) -> None:
-            action, logprob, value, group_keys[group] = self._act(params, observations[group], group_keys[group])
-            self.envs[group].step_async(self.to_env_action(action))
-            pending[group] = (observations[group], action, logprob, value)
+            packed, group_keys[group] = act(params, observations[group], group_keys[group])
+            self.envs[group].step_async(self.to_env_action(_unpack(packed, layouts[group][0])))
+            pending[group] = packed
 
         send(0)
         send(1)
         for t in range(num_steps):
             for group, env in enumerate(self.envs):
-                next_obs, reward, term, trunc, _ = env.step_wait()
-                for col, x in zip(columns[group], (*pending[group], reward, term, trunc), strict=True):
-                    col.append(x)
-                observations[group] = next_obs
+                step = env.step_wait()
+                columns[group].add(observations[group], pending[group], step)
+                observations[group] = step[0]
                 if t + 1 < num_steps:
                     send(group)  # this group's policy runs while the other group steps
         obs = jnp.concatenate([jnp.asarray(o) for o in observations])
-        rollout = _assemble_groups(tuple(columns), state.first_valid, self._value(params, obs))
+        groups = tuple(c.stacked(layout) for c, layout in zip(columns, layouts, strict=True))
+        rollout = _assemble(groups, state.first_valid, self._value(params, obs))
         done_last = rollout.terminations[-1] | rollout.truncations[-1]
         return rollout, CollectorState(obs, ~done_last, key, state.env_state)
 
