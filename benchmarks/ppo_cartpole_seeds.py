@@ -6,14 +6,16 @@ table ``results.md`` in ``--out-dir`` (default ``runs/ppo_cartpole_seeds/<timest
 copies both to ``benchmarks/results/ppo_cartpole_seeds.{json,md}``, with
 the training env-steps/s of every mode side by side (same hyperparameters in every mode)::
 
-    python -m benchmarks.ppo_cartpole_seeds --modes local embedded two-servers double-buffer --seeds 1 2 3 4 5
+    python -m benchmarks.ppo_cartpole_seeds --modes local embedded double-buffer --seeds 1 2 3 4 5
 
-Modes: ``local`` (in-process ``make_vec``), ``embedded`` (the example's default: every lane
-on one ``rlmesh serve``), ``two-servers`` (lanes over 2 servers, stepped together),
-``double-buffer`` (2 servers as two lane groups, one's policy computed while the other
-steps), ``sandbox`` and ``jit-rollout``.
+Modes: ``local`` (in-process ``make_vec``), ``embedded`` (every lane in one session of one
+``rlmesh serve``), ``two-servers`` (lanes over 2 servers, stepped together),
+``double-buffer`` (the example's default: two sessions of half the lanes on one server, one
+group's policy computed while the other steps), ``double-buffer-two-servers`` (a server per
+group), ``sandbox`` and ``jit-rollout``.
 
-Arguments after ``--`` go to every example run (e.g. ``-- --total-steps 200000``).
+Arguments after ``--`` go to every example run (e.g. ``-- --total-steps 200000 --stop-return 0``
+for a fixed budget without early stopping, so that every run trains the same steps).
 """
 
 from __future__ import annotations
@@ -32,9 +34,9 @@ from benchmarks import harness
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ppo_cartpole.py"
 MODE_FLAGS = {
     "local": ["--local"],
-    "embedded": [],
-    "two-servers": ["--servers", "2"],
-    "double-buffer": ["--double-buffer"],
+    "embedded": ["--no-double-buffer"],
+    "two-servers": ["--servers", "2", "--no-double-buffer"],
+    "double-buffer": ["--double-buffer"],  # the example's default
     "double-buffer-two-servers": ["--servers", "2", "--double-buffer"],
     "sandbox": ["--sandbox"],
     "jit-rollout": ["--jit-rollout"],
@@ -73,38 +75,48 @@ def run_one(mode: str, seed: int, out_dir: Path, extra: list[str]) -> dict[str, 
 def markdown(rows: list[dict[str, Any]]) -> str:
     """A markdown table per run; wall time is the whole process (server start, jit, eval).
 
-    env steps/s counts training steps over training time (without early-stop evaluations).
+    env steps/s counts training steps over training time (without early-stop evaluations);
+    "after the first update" leaves out the first iteration, which compiles the policy, the
+    rollout assembly and the update, so that runs of different lengths (early stopping) compare
+    fairly.
     """
     lines = [
-        "| seed | mode | wall time (s) | env steps/s | steps to 475 | env steps trained | "
-        "stopped early | final eval return (20 seeds) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| seed | mode | wall time (s) | env steps/s | after the first update | steps to 475 | "
+        "env steps trained | stopped early | final eval return (20 seeds) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['seed']} | {r['mode']} | failed | | | | | |")
+            lines.append(f"| {r['seed']} | {r['mode']} | failed | | | | | | |")
             continue
+        steady = r.get("steady_sps")
         lines.append(
             f"| {r['seed']} | {r['mode']} | {r['process_wall_s']:.1f} | {r['sps']:,.0f} | "
+            f"{f'{steady:,.0f}' if steady else ''} | "
             f"{r['steps_to_475'] if r['steps_to_475'] is not None else 'never'} | "
             f"{r['env_steps']:,} | {'yes' if r['stopped_early'] else 'no'} | "
             f"{r['final_eval_mean']:.1f} |"
         )
     lines += [
         "",
-        "| mode | median env steps/s | x local | seeds reaching 475 | seeds reaching 500 | max wall time (s) |",
-        "|---|---|---|---|---|---|",
+        "| mode | median env steps/s | x local | median after the first update | x local | "
+        "seeds reaching 475 | seeds reaching 500 | max wall time (s) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    medians = {}
+    medians: dict[str, tuple[float, float | None]] = {}
     for mode in dict.fromkeys(r["mode"] for r in rows):
         ok = [r for r in rows if r["mode"] == mode and "error" not in r]
         if ok:
-            medians[mode] = statistics.median(r["sps"] for r in ok)
-    for mode, sps in medians.items():
+            steady = [r["steady_sps"] for r in ok if r.get("steady_sps")]
+            medians[mode] = (statistics.median(r["sps"] for r in ok), statistics.median(steady) if steady else None)
+    local = medians.get("local")
+    for mode, (sps, steady) in medians.items():
         ok = [r for r in rows if r["mode"] == mode and "error" not in r]
-        ratio = f"{sps / medians['local']:.2f}" if "local" in medians else ""
+        ratio = f"{sps / local[0]:.2f}" if local else ""
+        steady_ratio = f"{steady / local[1]:.2f}" if local and local[1] and steady else ""
         lines.append(
-            f"| {mode} | {sps:,.0f} | {ratio} | {sum(r['final_eval_mean'] >= 475 for r in ok)}/{len(ok)} | "
+            f"| {mode} | {sps:,.0f} | {ratio} | {f'{steady:,.0f}' if steady else ''} | {steady_ratio} | "
+            f"{sum(r['final_eval_mean'] >= 475 for r in ok)}/{len(ok)} | "
             f"{sum(r['final_eval_mean'] >= 500 for r in ok)}/{len(ok)} | {max(r['process_wall_s'] for r in ok):.1f} |"
         )
     return "\n".join(lines) + "\n"
@@ -130,7 +142,16 @@ def main() -> None:
                 json.dumps(
                     {
                         k: row.get(k)
-                        for k in ("mode", "seed", "process_wall_s", "sps", "steps_to_475", "final_eval_mean", "error")
+                        for k in (
+                            "mode",
+                            "seed",
+                            "process_wall_s",
+                            "sps",
+                            "steady_sps",
+                            "steps_to_475",
+                            "final_eval_mean",
+                            "error",
+                        )
                     }
                 ),
                 flush=True,

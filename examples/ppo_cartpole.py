@@ -2,15 +2,16 @@
 
 Run ``python examples/ppo_cartpole.py`` to serve 8 CartPole lanes from a background
 ``rlmesh serve`` process on a unix socket (so the client takes the shared-memory fast path)
-and train against it: the fastest remote setup measured for an env as cheap as CartPole on a
-small machine. Other env backends, with everything else equal:
+and train against it, double-buffered: the lanes are two sessions of 4, and one session's
+policy is computed while the other steps (the fastest remote setup measured here; see the
+README's PPO figures). Other env backends, with everything else equal:
 
 * ``--servers K`` splits the lanes over K server processes, stepped in parallel,
 * ``--ray K`` splits the lanes over K servers hosted as Ray actors (``rlmesh[ray]``; a private
   local Ray, or the cluster at ``$RAY_ADDRESS``),
-* ``--double-buffer`` drives the lanes as two groups and runs one group's policy while the
-  other group steps (two sessions of one server, or two halves of ``--servers``, Ray servers or
-  addresses); it pays off when an env step costs more than a policy call,
+* ``--no-double-buffer`` steps all lanes as one group (``--double-buffer``, on by default for
+  rlmesh endpoints that split in two: one server's two sessions, or the halves of
+  ``--servers``, Ray servers or addresses),
 * ``--address tcp://host:port[,tcp://...]`` uses already running rlmesh endpoints,
 * ``--sandbox`` serves the env from a :class:`rlmesh.jax.SandboxVectorEnv`,
 * ``--local`` steps an in-process ``gymnasium.make_vec`` env (the comparison baseline),
@@ -81,10 +82,12 @@ class Args:
 
     # --- env backend ---
     servers: int = arg(1, "Server processes the embedded endpoint's lanes are split over.")
-    double_buffer: bool = arg(
-        False,
+    double_buffer: bool | None = arg(
+        None,
         "Drive the lanes as two groups, one group's policy running while the other steps (one "
-        "server: two sessions of half the lanes each; several endpoints: their two halves).",
+        "server: two sessions of half the lanes each; several endpoints: their two halves). "
+        "Unset: on wherever the rlmesh endpoints split in two, off for --local, --sandbox, "
+        "--jit-rollout and a single address or Ray server.",
     )
     ray: int = arg(0, "Split the lanes over this many Ray-hosted servers instead of --servers processes (0: no Ray).")
     address: str = arg("", "Train against already running rlmesh endpoints (comma-separated addresses).")
@@ -126,8 +129,8 @@ def parse_args(argv: list[str] | None = None) -> Args:
     kinds = {"int": int, "float": float, "str": str}
     for field in dataclasses.fields(Args):
         flag = "--" + field.name.replace("_", "-")
-        help_ = f"{field.metadata['help']} (default: {field.default})"
-        if str(field.type) == "bool":
+        help_ = field.metadata["help"] + ("" if field.default is None else f" (default: {field.default})")
+        if str(field.type) in ("bool", "bool | None"):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default, help=help_)
         else:
             parser.add_argument(flag, type=kinds[str(field.type)], default=field.default, help=help_)
@@ -138,9 +141,11 @@ def parse_args(argv: list[str] | None = None) -> Args:
         parser.error(f"--ray {args.ray} must be between 0 and --num-envs {args.num_envs}")
     if args.servers > args.num_envs:
         parser.error(f"--servers {args.servers} is more than --num-envs {args.num_envs}; give each server a lane")
+    if args.double_buffer is None:
+        args.double_buffer = _splits_in_two(args)
     if args.double_buffer and (args.local or args.sandbox or args.jit_rollout):
         parser.error("--double-buffer drives two groups of rlmesh endpoints; drop --local, --sandbox or --jit-rollout")
-    if args.double_buffer and args.address and len([a for a in args.address.split(",") if a.strip()]) < 2:
+    if args.double_buffer and args.address and len(_addresses(args)) < 2:
         parser.error(f"--double-buffer needs two or more --address endpoints to split in two, got {args.address!r}")
     if args.double_buffer and args.ray == 1:
         parser.error("--double-buffer needs two or more Ray servers to split into two groups; use --ray 2")
@@ -149,6 +154,21 @@ def parse_args(argv: list[str] | None = None) -> Args:
             f"--double-buffer on one server gives two sessions half the lanes each; --num-envs {args.num_envs} is odd"
         )
     return args
+
+
+def _addresses(args: Args) -> list[str]:
+    return [a.strip() for a in args.address.split(",") if a.strip()]
+
+
+def _splits_in_two(args: Args) -> bool:
+    """Whether the backend is rlmesh endpoints that form two lane groups (the double-buffer default)."""
+    if args.local or args.sandbox or args.jit_rollout:
+        return False
+    if args.address:
+        return len(_addresses(args)) >= 2
+    if args.ray:
+        return args.ray >= 2
+    return args.servers >= 2 or args.num_envs % 2 == 0
 
 
 def _mode(args: Args) -> str:
@@ -174,7 +194,7 @@ def open_envs(args: Args) -> Iterator[list[Any]]:
         return
     with contextlib.ExitStack() as stack:
         if args.address:
-            addresses = [a.strip() for a in args.address.split(",") if a.strip()]
+            addresses = _addresses(args)
         elif args.ray:
             from rlmesh.integrations.ray import launch_servers
 
@@ -376,6 +396,8 @@ def train(args: Args) -> dict[str, Any]:
         "early_stop_eval_time_s": eval_time,
         "wall_time_s": time.perf_counter() - t_start,
         "sps": env_steps / train_time if train_time > 0 else 0.0,
+        # Without the first iteration, which compiles the policy, the rollout assembly and the update.
+        "steady_sps": steady_sps(history),
         "steps_to_475": steps_to_475,
         "stopped_early": stopped_early,
         "interrupted": interrupted,
@@ -394,6 +416,15 @@ def train(args: Args) -> dict[str, Any]:
         json.dumps({"args": dataclasses.asdict(args), "summary": summary, "history": history}, indent=1)
     )
     return summary
+
+
+def steady_sps(history: list[dict[str, Any]]) -> float | None:
+    """Env steps/s after the first iteration (None with fewer than two iterations)."""
+    if len(history) < 2:
+        return None
+    first, last = history[0], history[-1]
+    seconds = last["time_s"] - first["time_s"]
+    return (last["env_steps"] - first["env_steps"]) / seconds if seconds > 0 else None
 
 
 def describe(summary: dict[str, Any], args: Args) -> str:
