@@ -8,11 +8,11 @@ the training env-steps/s of every mode side by side (same hyperparameters in eve
 
     python -m benchmarks.ppo_cartpole_seeds --modes local embedded double-buffer --seeds 1 2 3 4 5
 
-Modes: ``local`` (in-process ``make_vec``), ``embedded`` (every lane in one session of one
-``rlmesh serve``), ``two-servers`` (lanes over 2 servers, stepped together),
-``double-buffer`` (the example's default: two sessions of half the lanes on one server, one
-group's policy computed while the other steps), ``double-buffer-two-servers`` (a server per
-group), ``sandbox`` and ``jit-rollout``.
+Modes: ``local`` (in-process ``make_vec``), ``embedded`` (the example's default: every lane
+in one session of one ``rlmesh serve``), ``two-servers`` (lanes over 2 servers, stepped
+together), ``double-buffer`` (two sessions of half the lanes on one server, one group's policy
+computed while the other steps), ``double-buffer-two-servers`` (a server per group),
+``sandbox`` and ``jit-rollout``.
 
 Arguments after ``--`` go to every example run (e.g. ``-- --total-steps 200000 --stop-return 0``
 for a fixed budget without early stopping, so that every run trains the same steps).
@@ -34,9 +34,9 @@ from benchmarks import harness
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ppo_cartpole.py"
 MODE_FLAGS = {
     "local": ["--local"],
-    "embedded": ["--no-double-buffer"],
-    "two-servers": ["--servers", "2", "--no-double-buffer"],
-    "double-buffer": ["--double-buffer"],  # the example's default
+    "embedded": [],  # the example's default
+    "two-servers": ["--servers", "2"],
+    "double-buffer": ["--double-buffer"],
     "double-buffer-two-servers": ["--servers", "2", "--double-buffer"],
     "sandbox": ["--sandbox"],
     "jit-rollout": ["--jit-rollout"],

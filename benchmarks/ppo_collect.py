@@ -8,11 +8,10 @@ mode, the modes taking turns rollout by rollout:
 
 * ``local``: ``gymnasium.make_vec(..., vectorization_mode="sync")`` in process;
 * ``embedded``: one ``rlmesh serve`` process on a unix socket (the shared-memory fast path),
-  every lane in one session of a ``rlmesh.numpy.RemoteVectorEnv``, as the example connects;
+  every lane in one session of a ``rlmesh.numpy.RemoteVectorEnv`` (the example's default);
 * ``two-servers``: the lanes split over two server processes, stepped in parallel;
-* ``double-buffer`` (the example's default): two sessions of half the lanes on one server, as
-  two lane groups, one group's policy computed while the other steps
-  (``DoubleBufferedCollector``);
+* ``double-buffer``: two sessions of half the lanes on one server, as two lane groups, one
+  group's policy computed while the other steps (``DoubleBufferedCollector``);
 * ``double-buffer-two-servers``: the same with each group on its own server process.
 
 The policy runs inline on the CPU, as the example runs it

@@ -2,16 +2,15 @@
 
 Run ``python examples/ppo_cartpole.py`` to serve 8 CartPole lanes from a background
 ``rlmesh serve`` process on a unix socket (so the client takes the shared-memory fast path)
-and train against it, double-buffered: the lanes are two sessions of 4, and one session's
-policy is computed while the other steps (the fastest remote setup measured here; see the
-README's PPO figures). Other env backends, with everything else equal:
+and train against it: the fastest remote setup measured for an env as cheap as CartPole on a
+small machine (see the README's PPO figures). Other env backends, with everything else equal:
 
 * ``--servers K`` splits the lanes over K server processes, stepped in parallel,
 * ``--ray K`` splits the lanes over K servers hosted as Ray actors (``rlmesh[ray]``; a private
   local Ray, or the cluster at ``$RAY_ADDRESS``),
-* ``--no-double-buffer`` steps all lanes as one group (``--double-buffer``, on by default for
-  rlmesh endpoints that split in two: one server's two sessions, or the halves of
-  ``--servers``, Ray servers or addresses),
+* ``--double-buffer`` drives the lanes as two groups and runs one group's policy while the
+  other group steps (two sessions of one server, or two halves of ``--servers``, Ray servers or
+  addresses); it pays off when an env step costs more than a policy call,
 * ``--address tcp://host:port[,tcp://...]`` uses already running rlmesh endpoints,
 * ``--sandbox`` serves the env from a :class:`rlmesh.jax.SandboxVectorEnv`,
 * ``--local`` steps an in-process ``gymnasium.make_vec`` env (the comparison baseline),
@@ -82,12 +81,10 @@ class Args:
 
     # --- env backend ---
     servers: int = arg(1, "Server processes the embedded endpoint's lanes are split over.")
-    double_buffer: bool | None = arg(
-        None,
+    double_buffer: bool = arg(
+        False,
         "Drive the lanes as two groups, one group's policy running while the other steps (one "
-        "server: two sessions of half the lanes each; several endpoints: their two halves). "
-        "Unset: on wherever the rlmesh endpoints split in two, off for --local, --sandbox, "
-        "--jit-rollout and a single address or Ray server.",
+        "server: two sessions of half the lanes each; several endpoints: their two halves).",
     )
     ray: int = arg(0, "Split the lanes over this many Ray-hosted servers instead of --servers processes (0: no Ray).")
     address: str = arg("", "Train against already running rlmesh endpoints (comma-separated addresses).")
@@ -129,8 +126,8 @@ def parse_args(argv: list[str] | None = None) -> Args:
     kinds = {"int": int, "float": float, "str": str}
     for field in dataclasses.fields(Args):
         flag = "--" + field.name.replace("_", "-")
-        help_ = field.metadata["help"] + ("" if field.default is None else f" (default: {field.default})")
-        if str(field.type) in ("bool", "bool | None"):
+        help_ = f"{field.metadata['help']} (default: {field.default})"
+        if str(field.type) == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default, help=help_)
         else:
             parser.add_argument(flag, type=kinds[str(field.type)], default=field.default, help=help_)
@@ -141,8 +138,6 @@ def parse_args(argv: list[str] | None = None) -> Args:
         parser.error(f"--ray {args.ray} must be between 0 and --num-envs {args.num_envs}")
     if args.servers > args.num_envs:
         parser.error(f"--servers {args.servers} is more than --num-envs {args.num_envs}; give each server a lane")
-    if args.double_buffer is None:
-        args.double_buffer = _splits_in_two(args)
     if args.double_buffer and (args.local or args.sandbox or args.jit_rollout):
         parser.error("--double-buffer drives two groups of rlmesh endpoints; drop --local, --sandbox or --jit-rollout")
     if args.double_buffer and args.address and len(_addresses(args)) < 2:
@@ -158,17 +153,6 @@ def parse_args(argv: list[str] | None = None) -> Args:
 
 def _addresses(args: Args) -> list[str]:
     return [a.strip() for a in args.address.split(",") if a.strip()]
-
-
-def _splits_in_two(args: Args) -> bool:
-    """Whether the backend is rlmesh endpoints that form two lane groups (the double-buffer default)."""
-    if args.local or args.sandbox or args.jit_rollout:
-        return False
-    if args.address:
-        return len(_addresses(args)) >= 2
-    if args.ray:
-        return args.ray >= 2
-    return args.servers >= 2 or args.num_envs % 2 == 0
 
 
 def _mode(args: Args) -> str:

@@ -183,23 +183,3 @@ def test_bad_backend_flags_are_usage_errors(flags: list[str], capsys: pytest.Cap
     with pytest.raises(SystemExit):
         example.parse_args(flags)
     assert "error: --" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize(
-    ("flags", "double_buffered"),
-    [
-        ([], True),  # the main job: two sessions of 4 lanes on one server
-        (["--servers", "2"], True),
-        (["--address", "tcp://127.0.0.1:5555,tcp://127.0.0.1:5556"], True),
-        (["--no-double-buffer"], False),
-        (["--num-envs", "5"], False),  # odd lanes cannot be two equal sessions of one server
-        (["--address", "tcp://127.0.0.1:5555"], False),
-        (["--local"], False),
-        (["--sandbox"], False),
-        (["--jit-rollout"], False),
-    ],
-)
-def test_double_buffering_is_the_default_wherever_the_endpoints_split_in_two(
-    flags: list[str], double_buffered: bool
-) -> None:
-    assert _load_example().parse_args(flags).double_buffer is double_buffered
