@@ -28,6 +28,9 @@ must not replay a stale state (a handle captured once and reused). The explicit
 :class:`EnvHandle` carry does the second: it holds the step count the host expects next, the
 callback checks it and returns the next one, so each step depends on the previous one through
 the data flow and a reused or out-of-date handle fails loudly instead of silently stepping.
+On the CPU the env stays usable after such an error. On an accelerator JAX keeps the failed
+ordered-effect token of that call, so every later ordered callback in the process fails with
+the same error (seen with jax 0.11.2 on an H200): treat a refused handle there as fatal.
 
 When to use it: when the policy, and ideally the learner, live in one jitted program (e.g. a
 ``lax.scan`` over steps) and the environment cannot be ported to JAX. It does not make the

@@ -101,8 +101,14 @@ def test_scan_rollout_equals_python_rollout(serve: Callable[..., EnvServer]) -> 
 
 
 def test_stale_or_foreign_handles_fail_loudly(serve: Callable[..., EnvServer]) -> None:
+    """Refused handles raise, and the env stays usable afterwards.
+
+    Pinned to the CPU: on an accelerator JAX keeps the failed ordered-effect token of the
+    refused call, so every later ordered callback of the process fails too (seen with jax
+    0.11.2 on an H200; the module docstring says so), which would fail the tests after this.
+    """
     server = serve(_cartpole_vector)
-    with rj.RemoteVectorEnv(server.address) as env:
+    with jax.default_device(jax.devices("cpu")[0]), rj.RemoteVectorEnv(server.address) as env:
         jenv, other = JitVectorEnv(env), JitVectorEnv(env)
         step = jax.jit(jenv.step)
         handle, _ = jax.jit(jenv.reset, static_argnames="seed")(jenv.handle(), seed=0)
