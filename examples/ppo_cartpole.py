@@ -144,7 +144,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
         parser.error(f"--double-buffer needs two or more --address endpoints to split in two, got {args.address!r}")
     if args.double_buffer and args.ray == 1:
         parser.error("--double-buffer needs two or more Ray servers to split into two groups; use --ray 2")
-    if args.double_buffer and args.servers == 1 and args.num_envs % 2:
+    if args.double_buffer and not (args.address or args.ray) and args.servers == 1 and args.num_envs % 2:
         parser.error(
             f"--double-buffer on one server gives two sessions half the lanes each; --num-envs {args.num_envs} is odd"
         )
